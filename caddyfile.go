@@ -1,0 +1,312 @@
+package rediscache
+
+import (
+	"strconv"
+	"fmt"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("redis_cache", parseCaddyfile)
+	// After authentication and request header rewrites, so keys can use
+	// what they establish; before encode and reverse_proxy, so the cache
+	// wraps the whole upstream exchange.
+	httpcaddyfile.RegisterDirectiveOrder("redis_cache", httpcaddyfile.After, "request_header")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	hd := new(Handler)
+	err := hd.UnmarshalCaddyfile(h.Dispenser)
+	return hd, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
+//
+//	redis_cache {
+//		redis <url> [<url>...]
+//		username <user>
+//		password <secret>
+//		sentinel_master <name>
+//		namespace <prefix>
+//		purge_on <methods...>
+//		timeout <duration>
+//		breaker <failures> <cooldown>
+//		memory_limit <size>
+//		max_entry_size <size>
+//		max_ttl <duration>
+//		status <codes...>
+//		purge_header <name>
+//		tags_header <name>
+//		coalesce_wait <duration>
+//		route <name> <path-pattern> [<ttl>] {
+//			ttl <duration>
+//			force_ttl
+//			key <template>
+//			tags <template...>
+//			invalidates <route...>
+//			vary <header...>
+//			purge route|uri
+//			stale_while_revalidate <duration>
+//			stale_if_error <duration>
+//			cache_control <value>
+//			content_type <media-type...>
+//		}
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume directive name
+	if d.NextArg() {
+		return d.Errf("redis_cache takes no arguments on its first line, got %q; put settings in a block", d.Val())
+	}
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		name := d.Val()
+		if name != "route" {
+			if seen[name] {
+				return d.Errf("duplicate subdirective %q", name)
+			}
+			seen[name] = true
+		}
+		if err := h.unmarshalSetting(d, name); err != nil {
+			return err
+		}
+	}
+	return h.checkRouteReferences(d)
+}
+
+func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
+	var err error
+	switch name {
+	case "redis":
+		h.Redis = d.RemainingArgs()
+		if len(h.Redis) == 0 {
+			return d.ArgErr()
+		}
+		for _, u := range h.Redis {
+			if !strings.HasPrefix(u, "redis://") && !strings.HasPrefix(u, "rediss://") && !strings.HasPrefix(u, "{") {
+				return d.Errf("redis %q: URL must start with redis:// or rediss://", redactURL(u))
+			}
+		}
+	case "username":
+		h.Username, err = singleArg(d)
+	case "password":
+		h.Password, err = singleArg(d)
+	case "sentinel_master":
+		h.SentinelMaster, err = singleArg(d)
+	case "namespace":
+		if h.Namespace, err = singleArg(d); err == nil && !namespacePattern.MatchString(h.Namespace) {
+			return d.Errf("namespace %q: use letters, digits, '-', '_' or '.', starting with a letter or digit", h.Namespace)
+		}
+	case "purge_on":
+		h.PurgeOn = d.RemainingArgs()
+		if len(h.PurgeOn) == 0 {
+			return d.ArgErr()
+		}
+		for i, m := range h.PurgeOn {
+			h.PurgeOn[i] = strings.ToUpper(m)
+		}
+	case "timeout":
+		err = durationArg(d, &h.Timeout)
+	case "max_ttl":
+		err = durationArg(d, &h.MaxTTL)
+	case "coalesce_wait":
+		err = durationArg(d, &h.CoalesceWait)
+	case "breaker":
+		args := d.RemainingArgs()
+		if len(args) != 2 {
+			return d.ArgErr()
+		}
+		n, convErr := strconv.Atoi(args[0])
+		if convErr != nil || n < 1 {
+			return d.Errf("breaker failures %q: must be a positive integer", args[0])
+		}
+		h.BreakerFailures = n
+		dur, convErr := caddy.ParseDuration(args[1])
+		if convErr != nil || dur <= 0 {
+			return d.Errf("breaker cooldown %q: must be a positive duration", args[1])
+		}
+		h.BreakerCooldown = caddy.Duration(dur)
+	case "memory_limit":
+		h.MemoryLimit, err = sizeArg(d)
+	case "max_entry_size":
+		h.MaxEntrySize, err = sizeArg(d)
+	case "status":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		for _, a := range args {
+			code, convErr := strconv.Atoi(a)
+			if convErr != nil || code < 100 || code > 599 {
+				return d.Errf("status %q: not an HTTP status code", a)
+			}
+			h.CacheableStatus = append(h.CacheableStatus, code)
+		}
+	case "purge_header":
+		h.PurgeHeader, err = singleArg(d)
+	case "tags_header":
+		h.TagsHeader, err = singleArg(d)
+	case "route":
+		var rt *Route
+		if rt, err = unmarshalRoute(d); err == nil {
+			for _, other := range h.Routes {
+				if other.Name == rt.Name {
+					return d.Errf("route %q: duplicate route name", rt.Name)
+				}
+			}
+			h.Routes = append(h.Routes, rt)
+		}
+	default:
+		return d.Errf("unknown subdirective %q", name)
+	}
+	return err
+}
+
+// checkRouteReferences fails adaptation when a route invalidates a route
+// that does not exist, rather than waiting for Validate at load time.
+func (h *Handler) checkRouteReferences(d *caddyfile.Dispenser) error {
+	names := make(map[string]bool, len(h.Routes))
+	for _, rt := range h.Routes {
+		names[rt.Name] = true
+	}
+	for _, rt := range h.Routes {
+		for _, target := range rt.Invalidates {
+			if !names[target] {
+				return d.Errf("route %q: invalidates unknown route %q", rt.Name, target)
+			}
+		}
+	}
+	return nil
+}
+
+func unmarshalRoute(d *caddyfile.Dispenser) (*Route, error) {
+	args := d.RemainingArgs()
+	if len(args) < 2 || len(args) > 3 {
+		return nil, d.Errf("route needs <name> <path-pattern> [<ttl>], got %d arguments", len(args))
+	}
+	rt := &Route{Name: args[0], Path: args[1]}
+	if !routeNamePattern.MatchString(rt.Name) {
+		return nil, d.Errf("route %q: invalid name; use letters, digits, '-', '_' or '.', starting with a letter or digit", rt.Name)
+	}
+	if _, err := compilePathPattern(rt.Path); err != nil {
+		return nil, d.Errf("route %q: %v", rt.Name, err)
+	}
+	if len(args) == 3 {
+		ttl, err := caddy.ParseDuration(args[2])
+		if err != nil || ttl < 0 {
+			return nil, d.Errf("route %q: ttl %q: not a valid duration", rt.Name, args[2])
+		}
+		rt.TTL = caddy.Duration(ttl)
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		name := d.Val()
+		if seen[name] {
+			return nil, d.Errf("route %q: duplicate subdirective %q", rt.Name, name)
+		}
+		seen[name] = true
+		if err := rt.unmarshalSetting(d, name); err != nil {
+			return nil, err
+		}
+	}
+	if rt.ForceTTL && rt.TTL <= 0 {
+		return nil, d.Errf("route %q: force_ttl needs a ttl greater than zero", rt.Name)
+	}
+	return rt, nil
+}
+
+func (rt *Route) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
+	var err error
+	switch name {
+	case "ttl":
+		err = durationArg(d, &rt.TTL)
+	case "force_ttl":
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		rt.ForceTTL = true
+	case "key":
+		rt.Key, err = singleArg(d)
+	case "tags":
+		rt.Tags, err = listArg(d)
+	case "invalidates":
+		rt.Invalidates, err = listArg(d)
+	case "vary":
+		rt.Vary, err = listArg(d)
+		for i, v := range rt.Vary {
+			rt.Vary[i] = strings.TrimSpace(v)
+		}
+	case "purge":
+		if rt.Purge, err = singleArg(d); err == nil && rt.Purge != "route" && rt.Purge != "uri" {
+			return d.Errf("route %q: purge %q: must be 'route' or 'uri'", rt.Name, rt.Purge)
+		}
+	case "stale_while_revalidate":
+		err = durationArg(d, &rt.StaleWhileRevalidate)
+	case "stale_if_error":
+		err = durationArg(d, &rt.StaleIfError)
+	case "cache_control":
+		rt.CacheControl, err = singleArg(d)
+	case "content_type":
+		rt.ContentTypes, err = listArg(d)
+	default:
+		return d.Errf("route %q: unknown subdirective %q", rt.Name, name)
+	}
+	if err != nil {
+		return fmt.Errorf("route %q: %w", rt.Name, err)
+	}
+	return nil
+}
+
+func singleArg(d *caddyfile.Dispenser) (string, error) {
+	args := d.RemainingArgs()
+	if len(args) != 1 {
+		return "", d.ArgErr()
+	}
+	return args[0], nil
+}
+
+func listArg(d *caddyfile.Dispenser) ([]string, error) {
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return nil, d.ArgErr()
+	}
+	return args, nil
+}
+
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	name := d.Val()
+	arg, err := singleArg(d)
+	if err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(arg)
+	if err != nil {
+		return d.Errf("%s %q: not a valid duration (e.g. 30s, 5m)", name, arg)
+	}
+	if dur < 0 {
+		return d.Errf("%s %q: must not be negative", name, arg)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+func sizeArg(d *caddyfile.Dispenser) (int64, error) {
+	name := d.Val()
+	arg, err := singleArg(d)
+	if err != nil {
+		return 0, err
+	}
+	n, err := humanize.ParseBytes(arg)
+	if err != nil || n == 0 || n > 1<<40 {
+		return 0, d.Errf("%s %q: not a valid size (e.g. 64MiB)", name, arg)
+	}
+	return int64(n), nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

@@ -1,0 +1,587 @@
+package rediscache
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// X-Cache values.
+const (
+	resultHit   = "HIT"
+	resultMiss  = "MISS"
+	resultStale = "STALE"
+	resultSkip  = "SKIP"
+)
+
+// cacheStatusName is this cache's identifier in the Cache-Status field.
+const cacheStatusName = "redis_cache"
+
+// overrideHeaders let a client make the upstream answer something other
+// than what the key describes; they are removed from cacheable requests.
+var overrideHeaders = []string{
+	"X-Original-URL", "X-Rewrite-URL", "X-Override-URL",
+	"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override",
+	"X-Forwarded-Host", "X-Forwarded-Server", "X-Host", "X-Forwarded-Scheme",
+}
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	normPath, canonical := normalizedPath(r)
+	rt := h.matchRoute(normPath)
+	if rt == nil {
+		return next.ServeHTTP(w, r)
+	}
+	if h.isPurgeMethod(r.Method) {
+		return h.serveMutation(w, r, next, rt, normPath)
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return h.bypass(w, r, next, rt, "method", "")
+	}
+	if reason := h.uncacheableRequest(r, rt, canonical); reason != "" {
+		return h.bypass(w, r, next, rt, "bypass", reason)
+	}
+	keyPart := ""
+	if rt.keyRepl {
+		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		keyPart = strings.TrimSpace(repl.ReplaceAll(rt.Key, ""))
+		if keyPart == "" || keyPart == rt.keyLiteral {
+			return h.bypass(w, r, next, rt, "bypass", "empty-key")
+		}
+	}
+	for _, name := range overrideHeaders {
+		r.Header.Del(name)
+	}
+	cr := &cacheRequest{
+		h:       h,
+		route:   rt,
+		r:       r,
+		next:    next,
+		key:     h.buildKey(r, rt, normPath, keyPart),
+		tagGens: h.requestTagGens(r, rt),
+	}
+	return cr.serve(w)
+}
+
+func (h *Handler) matchRoute(normPath string) *Route {
+	for _, rt := range h.Routes {
+		if rt.matcher.match(normPath) {
+			return rt
+		}
+	}
+	return nil
+}
+
+// uncacheableRequest names why a GET or HEAD must skip the cache, or "".
+func (h *Handler) uncacheableRequest(r *http.Request, rt *Route, canonical bool) string {
+	switch {
+	case !canonical:
+		return "non-canonical-path"
+	case r.ContentLength > 0 || len(r.TransferEncoding) > 0:
+		return "request-body"
+	case r.Header.Get("Range") != "":
+		return "range"
+	case !rt.keyRepl && r.Header.Get("Authorization") != "":
+		return "authorization"
+	case !rt.keyRepl && r.Header.Get("Cookie") != "":
+		return "cookie"
+	}
+	return ""
+}
+
+func (h *Handler) requestTagGens(r *http.Request, rt *Route) []string {
+	if len(rt.Tags) == 0 {
+		return nil
+	}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	gens := make([]string, 0, len(rt.Tags))
+	for _, tpl := range rt.Tags {
+		if tag := strings.TrimSpace(repl.ReplaceAll(tpl, "")); tag != "" {
+			gens = append(gens, h.tagGenKey(tag))
+		}
+	}
+	return gens
+}
+
+// bypass passes a request to the upstream without using the cache, and
+// marks the response as such.
+func (h *Handler) bypass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rt *Route, fwd, detail string) error {
+	h.metrics.countRequest(rt.Name, resultSkip)
+	rt.stats.skips.Add(1)
+	sw := &stampWriter{ResponseWriter: w, h: h, xcache: resultSkip, status: cacheStatusFwd(fwd, detail)}
+	return next.ServeHTTP(sw, r)
+}
+
+func cacheStatusFwd(fwd, detail string) string {
+	s := cacheStatusName + "; fwd=" + fwd
+	if detail != "" {
+		s += "; detail=" + detail
+	}
+	return s
+}
+
+// cacheRequest carries one cacheable GET or HEAD through lookup, fetch and
+// store.
+type cacheRequest struct {
+	h       *Handler
+	route   *Route
+	r       *http.Request
+	next    caddyhttp.Handler
+	key     requestKey
+	tagGens []string
+
+	gens    []string // generation keys checked on lookup
+	cur     []string // their current values
+	stale   *entry   // an expired entry that may still be served
+	varyIdx *entry   // the Vary index found at the primary key
+}
+
+func (cr *cacheRequest) serve(w http.ResponseWriter) error {
+	h := cr.h
+	cr.gens = append([]string{h.allGenKey(), cr.route.routeGen, cr.key.uriGen}, cr.tagGens...)
+	e, fwd, err := cr.lookup()
+	if err != nil {
+		h.logStoreError("lookup", err)
+		return h.bypass(w, cr.r, cr.next, cr.route, "bypass", "store-unavailable")
+	}
+	if e != nil {
+		age := e.age(time.Now())
+		if age < e.freshFor && !e.noCache && !cr.softPurged(e) {
+			return cr.serveEntry(w, e, resultHit, "hit; ttl="+strconv.FormatInt(int64((e.freshFor-age)/time.Second), 10))
+		}
+		cr.stale = e
+		fwd = "stale"
+		if cr.withinStale(e, age, e.swr) {
+			cr.refreshInBackground()
+			ttl := int64((e.freshFor - age) / time.Second)
+			return cr.serveEntry(w, e, resultStale, "hit; fwd=stale; ttl="+strconv.FormatInt(ttl, 10))
+		}
+	}
+	return cr.fetch(w, fwd)
+}
+
+// lookup finds a usable entry (fresh or stale) and, when there is none,
+// the Cache-Status fwd reason.
+func (cr *cacheRequest) lookup() (*entry, string, error) {
+	h := cr.h
+	raw, cur, err := h.store.get(cr.r.Context(), cr.key.primary, cr.gens)
+	if err != nil {
+		return nil, "", err
+	}
+	cr.cur = cur
+	if raw == nil {
+		return nil, "uri-miss", nil
+	}
+	e, err := decodeEntry(raw)
+	if err != nil {
+		h.metrics.countCorrupt()
+		if c := h.logger.Check(zap.DebugLevel, "ignoring corrupt cache entry"); c != nil {
+			c.Write(zap.String("key", cr.key.primary), zap.Error(err))
+		}
+		return nil, "miss", nil
+	}
+	if e.kind == kindVaryIndex {
+		cr.varyIdx = e
+		raw, _, err = h.store.get(cr.r.Context(), variantKey(cr.key.primary, e.varyEpoch, e.vary, cr.r), nil)
+		if err != nil {
+			return nil, "", err
+		}
+		if raw == nil {
+			return nil, "vary-miss", nil
+		}
+		if e, err = decodeEntry(raw); err != nil || e.kind != kindResponse {
+			h.metrics.countCorrupt()
+			return nil, "vary-miss", nil
+		}
+	}
+	valid, err := cr.gensValid(e)
+	if err != nil {
+		return nil, "", err
+	}
+	if !valid {
+		return nil, "miss", nil
+	}
+	return e, "", nil
+}
+
+// gensValid reports whether no generation the entry recorded was hard
+// bumped since. Tags that came from the upstream's response are not known
+// before the lookup, so their generations cost a second round trip.
+func (cr *cacheRequest) gensValid(e *entry) (bool, error) {
+	var extra []string
+	for _, g := range e.gens {
+		if cr.currentGen(g.key) == "" {
+			extra = append(extra, g.key)
+		}
+	}
+	if len(extra) > 0 {
+		vals, err := cr.h.store.gens(cr.r.Context(), extra)
+		if err != nil {
+			return false, err
+		}
+		cr.gens = append(cr.gens, extra...)
+		cr.cur = append(cr.cur, vals...)
+	}
+	for _, g := range e.gens {
+		if hardPart(g.val) != hardPart(cr.currentGen(g.key)) {
+			return false, nil
+		}
+	}
+	// Generations the request implies but the entry did not record (a tag
+	// added to the route later) must still be untouched.
+	recorded := make(map[string]bool, len(e.gens))
+	for _, g := range e.gens {
+		recorded[g.key] = true
+	}
+	for i, key := range cr.gens {
+		if !recorded[key] && hardPart(cr.cur[i]) != hardPart(zeroGen) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// softPurged reports whether a soft purge marked the entry stale.
+func (cr *cacheRequest) softPurged(e *entry) bool {
+	for _, g := range e.gens {
+		if g.val != cr.currentGen(g.key) {
+			return true
+		}
+	}
+	return false
+}
+
+func (cr *cacheRequest) currentGen(key string) string {
+	for i, k := range cr.gens {
+		if k == key && i < len(cr.cur) {
+			return cr.cur[i]
+		}
+	}
+	return ""
+}
+
+func hardPart(gen string) string {
+	h, _, _ := strings.Cut(gen, ":")
+	return h
+}
+
+func (cr *cacheRequest) withinStale(e *entry, age, window time.Duration) bool {
+	return window > 0 && age < e.freshFor+window
+}
+
+// serveEntry writes a stored response to the client, answering a matching
+// conditional request with 304.
+func (cr *cacheRequest) serveEntry(w http.ResponseWriter, e *entry, xcache, status string) error {
+	h := cr.h
+	h.metrics.countRequest(cr.route.Name, xcache)
+	cr.route.stats.count(xcache)
+	hdr := w.Header()
+	for name, vals := range e.header {
+		hdr[name] = vals
+	}
+	cr.stampServed(hdr, e, xcache, status)
+	if notModified(cr.r, e.header) {
+		for _, name := range []string{"Content-Length", "Content-Type", "Content-Encoding", "Content-Range"} {
+			hdr.Del(name)
+		}
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	hdr.Set("Content-Length", strconv.Itoa(len(e.body)))
+	w.WriteHeader(e.status)
+	if cr.r.Method != http.MethodHead && len(e.body) > 0 {
+		_, _ = w.Write(e.body)
+	}
+	return nil
+}
+
+// stampServed sets the headers every response served by the cache gets.
+func (cr *cacheRequest) stampServed(hdr http.Header, e *entry, xcache, status string) {
+	age := e.age(time.Now())
+	if age < 0 {
+		age = 0
+	}
+	hdr.Set("Age", strconv.FormatInt(int64(age/time.Second), 10))
+	hdr.Set("X-Cache", xcache)
+	hdr["Cache-Status"] = append(hdr.Values("Cache-Status")[:len(hdr.Values("Cache-Status")):len(hdr.Values("Cache-Status"))], cacheStatusName+"; "+status)
+	cr.route.applyClientCacheControl(hdr)
+}
+
+func (rt *Route) applyClientCacheControl(hdr http.Header) {
+	switch {
+	case rt.CacheControl != "":
+		hdr.Set("Cache-Control", rt.CacheControl)
+	case rt.keyRepl:
+		hdr.Set("Cache-Control", "private")
+	}
+}
+
+// age is the entry's current age (RFC 9111 §4.2.3).
+func (e *entry) age(now time.Time) time.Duration {
+	return e.initialAge + now.Sub(e.storedAt)
+}
+
+// fetch goes to the upstream, coalescing concurrent misses for the same
+// key into one upstream request.
+func (cr *cacheRequest) fetch(w http.ResponseWriter, fwd string) error {
+	h := cr.h
+	f, leader := h.flights.join(cr.key.primary)
+	if !leader {
+		if res := f.wait(cr.r.Context(), time.Duration(h.CoalesceWait)); res != nil && res.sharableWith(cr.r) {
+			return cr.serveFetched(w, res, "fwd="+fwd+"; collapsed")
+		}
+		// The leader's answer was not shareable; go ourselves, without
+		// coalescing again.
+		return cr.fetchDirect(w, fwd, nil)
+	}
+	var shared *fetched
+	defer func() { h.flights.finish(cr.key.primary, f, shared) }()
+	return cr.fetchDirect(w, fwd, &shared)
+}
+
+// fetchDirect performs the upstream request and stores the answer when it
+// may be stored. When share is non-nil, a storable answer is published
+// through it for coalesced waiters.
+func (cr *cacheRequest) fetchDirect(w http.ResponseWriter, fwd string, share **fetched) error {
+	h := cr.h
+	upReq := cr.upstreamRequest()
+	cw := newCaptureWriter(w, cr, fwd)
+	start := time.Now()
+	err := cr.next.ServeHTTP(cw, upReq)
+	h.metrics.observeUpstream(cr.route.Name, time.Since(start))
+	if cw.mode == modePassthrough {
+		cr.countResult(resultMiss)
+		return err
+	}
+	if err != nil || cw.mode == modeDiscard {
+		if cr.stale != nil && cr.withinStale(cr.stale, cr.stale.age(time.Now()), cr.stale.sie) {
+			return cr.serveEntry(w, cr.stale, resultStale, "hit; fwd=stale; detail=stale-if-error")
+		}
+		if err != nil {
+			cr.countResult(resultMiss)
+			return err
+		}
+		cw.flushTo(w, fwd)
+		cr.countResult(resultMiss)
+		return nil
+	}
+	if cw.mode == modeNone {
+		// The upstream wrote nothing at all.
+		cr.countResult(resultMiss)
+		return nil
+	}
+	res := cw.result(start)
+	if share != nil {
+		*share = res
+	}
+	cr.countResult(resultMiss)
+	if err := cr.writeFetched(w, res, "fwd="+fwd+"; stored"); err != nil {
+		return err
+	}
+	cr.storeFetched(res)
+	return nil
+}
+
+func (cr *cacheRequest) countResult(xcache string) {
+	cr.h.metrics.countRequest(cr.route.Name, xcache)
+	cr.route.stats.count(xcache)
+}
+
+// upstreamRequest is the request sent upstream on a miss: HEAD becomes
+// GET so the answer can be stored, and client validators are dropped so the
+// upstream answers in full; the client still gets its 304 from us.
+func (cr *cacheRequest) upstreamRequest() *http.Request {
+	r := cr.r
+	if r.Method == http.MethodGet && r.Header.Get("If-None-Match") == "" && r.Header.Get("If-Modified-Since") == "" {
+		return r
+	}
+	up := r.Clone(r.Context())
+	up.Method = http.MethodGet
+	for _, name := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range"} {
+		up.Header.Del(name)
+	}
+	return up
+}
+
+// serveFetched answers a coalesced waiter from the leader's response.
+func (cr *cacheRequest) serveFetched(w http.ResponseWriter, res *fetched, status string) error {
+	cr.countResult(resultMiss)
+	return cr.writeFetched(w, res, status)
+}
+
+func (cr *cacheRequest) writeFetched(w http.ResponseWriter, res *fetched, status string) error {
+	hdr := w.Header()
+	for name, vals := range res.entry.header {
+		hdr[name] = vals
+	}
+	cr.stampServed(hdr, res.entry, resultMiss, status)
+	if notModified(cr.r, res.entry.header) {
+		for _, name := range []string{"Content-Length", "Content-Type", "Content-Encoding"} {
+			hdr.Del(name)
+		}
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	hdr.Set("Content-Length", strconv.Itoa(len(res.entry.body)))
+	w.WriteHeader(res.entry.status)
+	if cr.r.Method != http.MethodHead && len(res.entry.body) > 0 {
+		if _, err := w.Write(res.entry.body); err != nil {
+			return nil // the client went away; the entry is still stored
+		}
+	}
+	if fl, ok := w.(http.Flusher); ok {
+		fl.Flush()
+	}
+	return nil
+}
+
+// storeFetched writes a fetched response (and, for a Vary response, its
+// index) to the store. Failures only cost a future miss.
+func (cr *cacheRequest) storeFetched(res *fetched) {
+	h := cr.h
+	ctx := context.WithoutCancel(cr.r.Context())
+	e := res.entry
+	e.gens = cr.stamps()
+	if len(res.tags) > 0 {
+		tagGens := make([]string, len(res.tags))
+		for i, t := range res.tags {
+			tagGens[i] = h.tagGenKey(t)
+		}
+		vals, err := h.store.gens(ctx, tagGens)
+		if err != nil {
+			h.logStoreError("store", err)
+			return
+		}
+		for i, g := range tagGens {
+			e.gens = append(e.gens, genStamp{key: g, val: vals[i]})
+		}
+	}
+	ttl := res.storeTTL
+	key := cr.key.primary
+	if len(res.vary) > 0 {
+		epoch := ""
+		if cr.varyIdx != nil && equalFold(cr.varyIdx.vary, res.vary) {
+			epoch = cr.varyIdx.varyEpoch
+		} else {
+			epoch = strconv.FormatInt(time.Now().UnixNano(), 36)
+			idx := &entry{kind: kindVaryIndex, storedAt: e.storedAt, vary: res.vary, varyEpoch: epoch, header: http.Header{}}
+			if err := h.store.set(ctx, key, idx.encode(), time.Duration(h.MaxTTL)); err != nil {
+				h.logStoreError("store", err)
+				return
+			}
+		}
+		key = variantKey(cr.key.primary, epoch, res.vary, cr.r)
+	}
+	raw := e.encode()
+	if err := h.store.set(ctx, key, raw, ttl); err != nil {
+		h.logStoreError("store", err)
+		return
+	}
+	h.metrics.addStored(cr.route.Name, len(raw))
+}
+
+// stamps records the generation values seen at lookup, so that a purge that
+// happens while the upstream is answering invalidates this entry too.
+func (cr *cacheRequest) stamps() []genStamp {
+	out := make([]genStamp, 0, len(cr.gens))
+	for i, k := range cr.gens {
+		v := zeroGen
+		if i < len(cr.cur) {
+			v = cr.cur[i]
+		}
+		out = append(out, genStamp{key: k, val: v})
+	}
+	return out
+}
+
+func equalFold(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !strings.EqualFold(a[i], b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// refreshInBackground refreshes a stale entry once, however many requests
+// see it stale, without making any client wait.
+func (cr *cacheRequest) refreshInBackground() {
+	h := cr.h
+	f, leader := h.flights.join("refresh:" + cr.key.primary)
+	if !leader {
+		return
+	}
+	bgReq := cr.r.Clone(context.WithoutCancel(cr.r.Context()))
+	bg := &cacheRequest{h: h, route: cr.route, r: bgReq, next: cr.next, key: cr.key, tagGens: cr.tagGens, gens: cr.gens, cur: cr.cur, varyIdx: cr.varyIdx}
+	h.background.Add(1)
+	go func() {
+		defer h.background.Done()
+		defer h.flights.finish("refresh:"+cr.key.primary, f, nil)
+		ctx, cancel := context.WithCancel(bgReq.Context())
+		defer cancel()
+		stop := context.AfterFunc(h.ctx, cancel)
+		defer stop()
+		bg.r = bgReq.WithContext(ctx)
+		_ = bg.fetchDirect(newDiscardWriter(), "stale", nil)
+	}()
+}
+
+func (h *Handler) logStoreError(op string, err error) {
+	if errors.Is(err, errBreakerOpen) {
+		return
+	}
+	if c := h.logger.Check(zap.DebugLevel, "cache store error"); c != nil {
+		c.Write(zap.String("op", op), zap.Error(err))
+	}
+}
+
+// notModified evaluates a client's conditional GET against a stored
+// response (RFC 9110 §13.2.2: If-None-Match wins over If-Modified-Since).
+func notModified(r *http.Request, stored http.Header) bool {
+	if inm := r.Header.Get("If-None-Match"); inm != "" {
+		etag := stored.Get("ETag")
+		if etag == "" {
+			return false
+		}
+		return etagMatches(inm, etag)
+	}
+	ims := r.Header.Get("If-Modified-Since")
+	if ims == "" {
+		return false
+	}
+	since, err := http.ParseTime(ims)
+	if err != nil {
+		return false
+	}
+	lm := stored.Get("Last-Modified")
+	if lm == "" {
+		return false
+	}
+	modified, err := http.ParseTime(lm)
+	return err == nil && !modified.After(since)
+}
+
+// etagMatches implements the weak comparison of If-None-Match.
+func etagMatches(header, etag string) bool {
+	etag = strings.TrimPrefix(etag, "W/")
+	for _, candidate := range strings.Split(header, ",") {
+		candidate = strings.TrimSpace(candidate)
+		if candidate == "*" || strings.TrimPrefix(candidate, "W/") == etag {
+			return true
+		}
+	}
+	return false
+}
+
+// Interface guards
+var _ caddyhttp.MiddlewareHandler = (*Handler)(nil)

@@ -1,0 +1,315 @@
+package rediscache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(adminAPI{})
+}
+
+// serveMutation passes a mutating request to the upstream and, when the
+// answer is a success (2xx or 3xx), invalidates before the client sees it,
+// so the client's next read cannot get the old data.
+func (h *Handler) serveMutation(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rt *Route, normPath string) error {
+	h.metrics.countRequest(rt.Name, resultSkip)
+	rt.stats.skips.Add(1)
+	sw := &stampWriter{ResponseWriter: w, h: h, xcache: resultSkip, status: cacheStatusFwd("method", "")}
+	sw.onHeader = func(code int, hdr http.Header) {
+		if code < 200 || code >= 400 {
+			return
+		}
+		gens := h.mutationGens(r, rt, normPath, hdr)
+		if err := h.store.bump(r.Context(), false, h.genTTL, gens...); err != nil {
+			h.logger.Warn("purge after mutation failed", zap.String("route", rt.Name), zap.Error(err))
+			return
+		}
+		h.metrics.countPurge("mutation")
+	}
+	return next.ServeHTTP(sw, r)
+}
+
+// mutationGens lists the generations a successful mutation bumps: the
+// route and the routes it invalidates (unless the route purges by URI
+// only), the target URI and same-origin Location / Content-Location (RFC
+// 9111 §4.4), and whatever the upstream names in the purge header.
+func (h *Handler) mutationGens(r *http.Request, rt *Route, normPath string, hdr http.Header) []string {
+	scheme, host := requestScheme(r), strings.ToLower(r.Host)
+	gens := []string{h.uriGenKey(scheme, host, normPath, sortedQuery(r.URL.RawQuery))}
+	if !rt.purgeURI {
+		gens = append(gens, rt.routeGen)
+		gens = append(gens, rt.invalGens...)
+	}
+	for _, name := range []string{"Location", "Content-Location"} {
+		if g := h.sameOriginGen(r, hdr.Get(name)); g != "" {
+			gens = append(gens, g)
+		}
+	}
+	for _, item := range splitList(hdr.Values(h.PurgeHeader)) {
+		if tag, ok := strings.CutPrefix(item, "tag:"); ok {
+			gens = append(gens, h.tagGenKey(tag))
+		} else if routeNamePattern.MatchString(item) {
+			gens = append(gens, h.routeGenKey(item))
+		}
+	}
+	return gens
+}
+
+// sameOriginGen returns the URI generation of a Location-style reference
+// when it points at the request's own origin.
+func (h *Handler) sameOriginGen(r *http.Request, ref string) string {
+	if ref == "" {
+		return ""
+	}
+	u, err := r.URL.Parse(ref)
+	if err != nil {
+		return ""
+	}
+	host := strings.ToLower(r.Host)
+	if u.Host != "" && (!strings.EqualFold(u.Host, host) || u.Scheme != requestScheme(r)) {
+		return ""
+	}
+	p := u.Path
+	if p == "" {
+		p = "/"
+	}
+	return h.uriGenKey(requestScheme(r), host, p, sortedQuery(u.RawQuery))
+}
+
+// purgeRequest is the JSON body of POST /redis_cache/purge.
+type purgeRequest struct {
+	Route   string `json:"route,omitempty"`
+	Key     string `json:"key,omitempty"`
+	Tag     string `json:"tag,omitempty"`
+	Pattern string `json:"pattern,omitempty"`
+	All     bool   `json:"all,omitempty"`
+	Soft    bool   `json:"soft,omitempty"`
+}
+
+func (p purgeRequest) kind() (string, error) {
+	var kinds []string
+	if p.Route != "" {
+		kinds = append(kinds, "route")
+	}
+	if p.Key != "" {
+		kinds = append(kinds, "key")
+	}
+	if p.Tag != "" {
+		kinds = append(kinds, "tag")
+	}
+	if p.Pattern != "" {
+		kinds = append(kinds, "pattern")
+	}
+	if p.All {
+		kinds = append(kinds, "all")
+	}
+	switch len(kinds) {
+	case 0:
+		return "", errors.New(`give one of "route", "key", "tag", "pattern" or "all": true`)
+	case 1:
+		return kinds[0], nil
+	}
+	return "", fmt.Errorf("give only one purge kind, not %s", strings.Join(kinds, " and "))
+}
+
+// purgeResult is the JSON answer of a purge.
+type purgeResult struct {
+	Kind     string  `json:"kind"`
+	Target   string  `json:"target,omitempty"`
+	Soft     bool    `json:"soft,omitempty"`
+	Removed  int64   `json:"removed"`
+	Stores   int     `json:"stores"`
+	Duration float64 `json:"duration_ms"`
+}
+
+// purge carries out one admin purge on this handler's store and namespace.
+func (h *Handler) purge(ctx context.Context, p purgeRequest, kind string) (int64, error) {
+	var removed int64
+	var err error
+	switch kind {
+	case "route":
+		if _, ok := h.routeByName[p.Route]; !ok {
+			return 0, fmt.Errorf("unknown route %q", p.Route)
+		}
+		err = h.store.bump(ctx, p.Soft, h.genTTL, h.routeGenKey(p.Route))
+	case "tag":
+		err = h.store.bump(ctx, p.Soft, h.genTTL, h.tagGenKey(p.Tag))
+	case "key":
+		key := p.Key
+		if !strings.HasPrefix(key, h.Namespace+":") {
+			key = h.Namespace + ":" + key
+		}
+		if !h.isEntryKey(key) {
+			return 0, fmt.Errorf("key %q is not a cache entry key", p.Key)
+		}
+		removed, err = h.store.del(ctx, key)
+	case "pattern":
+		removed, err = h.store.scanDelete(ctx, h.Namespace+":"+p.Pattern, func(k string) bool { return !h.isEntryKey(k) })
+	case "all":
+		if err = h.store.bump(ctx, p.Soft, h.genTTL, h.allGenKey()); err == nil && !p.Soft {
+			removed, err = h.store.scanDelete(ctx, h.Namespace+":*", func(k string) bool { return !h.isEntryKey(k) })
+		}
+	}
+	if err == nil {
+		h.metrics.countPurge(kind)
+	}
+	return removed, err
+}
+
+// adminAPI is the admin.api.redis_cache module: purges, stats and health
+// over Caddy's admin endpoint.
+type adminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (adminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "admin.api.redis_cache",
+		New: func() caddy.Module { return new(adminAPI) },
+	}
+}
+
+// Routes returns the admin routes.
+func (a adminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{
+		{Pattern: "/redis_cache/purge", Handler: caddy.AdminHandlerFunc(a.handlePurge)},
+		{Pattern: "/redis_cache/stats", Handler: caddy.AdminHandlerFunc(a.handleStats)},
+		{Pattern: "/redis_cache/health", Handler: caddy.AdminHandlerFunc(a.handleHealth)},
+	}
+}
+
+func apiError(status int, format string, args ...any) error {
+	return caddy.APIError{HTTPStatus: status, Err: fmt.Errorf(format, args...)}
+}
+
+// uniqueHandlers returns one live handler per store and namespace, so a
+// purge touches each shared keyspace once.
+func uniqueHandlers() []*Handler {
+	seen := map[string]bool{}
+	var out []*Handler
+	liveHandlers.Range(func(k, _ any) bool {
+		h := k.(*Handler)
+		id := h.storeKey + "|" + h.Namespace
+		if !seen[id] {
+			seen[id] = true
+			out = append(out, h)
+		}
+		return true
+	})
+	return out
+}
+
+func (adminAPI) handlePurge(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		return apiError(http.StatusMethodNotAllowed, "method not allowed; use POST")
+	}
+	var p purgeRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&p); err != nil {
+		return apiError(http.StatusBadRequest, "invalid purge request body: %v", err)
+	}
+	kind, err := p.kind()
+	if err != nil {
+		return apiError(http.StatusBadRequest, "%v", err)
+	}
+	handlers := uniqueHandlers()
+	if len(handlers) == 0 {
+		return apiError(http.StatusNotFound, "no redis_cache handler is configured")
+	}
+	start := time.Now()
+	res := purgeResult{Kind: kind, Target: p.Route + p.Key + p.Tag + p.Pattern, Soft: p.Soft}
+	known := false
+	for _, h := range handlers {
+		if kind == "route" {
+			if _, ok := h.routeByName[p.Route]; !ok {
+				continue
+			}
+		}
+		known = true
+		n, err := h.purge(r.Context(), p, kind)
+		if err != nil {
+			return apiError(http.StatusBadGateway, "purge failed: %v", err)
+		}
+		res.Removed += n
+		res.Stores++
+	}
+	if !known {
+		return apiError(http.StatusBadRequest, "unknown route %q", p.Route)
+	}
+	res.Duration = float64(time.Since(start).Microseconds()) / 1000
+	return writeJSON(w, res)
+}
+
+func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return apiError(http.StatusMethodNotAllowed, "method not allowed; use GET")
+	}
+	type routeStatsJSON struct {
+		Hits     int64   `json:"hits"`
+		Misses   int64   `json:"misses"`
+		Stale    int64   `json:"stale"`
+		Skips    int64   `json:"skips"`
+		HitRatio float64 `json:"hit_ratio"`
+	}
+	type storeJSON struct {
+		Namespace string         `json:"namespace"`
+		Healthy   bool           `json:"healthy"`
+		Info      map[string]any `json:"info"`
+		Routes    map[string]any `json:"routes"`
+	}
+	var out []storeJSON
+	for _, h := range uniqueHandlers() {
+		s := storeJSON{Namespace: h.Namespace, Healthy: !h.store.breaker.isOpen.Load(), Routes: map[string]any{}}
+		if s.Healthy {
+			ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+			s.Info = h.store.backend.info(ctx)
+			cancel()
+		}
+		for _, rt := range h.Routes {
+			hits, misses, stale := rt.stats.hits.Load(), rt.stats.misses.Load(), rt.stats.stale.Load()
+			rs := routeStatsJSON{Hits: hits, Misses: misses, Stale: stale, Skips: rt.stats.skips.Load()}
+			if lookups := hits + misses + stale; lookups > 0 {
+				rs.HitRatio = float64(hits+stale) / float64(lookups)
+			}
+			s.Routes[rt.Name] = rs
+		}
+		out = append(out, s)
+	}
+	return writeJSON(w, map[string]any{"stores": out})
+}
+
+func (adminAPI) handleHealth(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return apiError(http.StatusMethodNotAllowed, "method not allowed; use GET")
+	}
+	healthy := true
+	var stores []map[string]any
+	for _, h := range uniqueHandlers() {
+		ok := !h.store.breaker.isOpen.Load()
+		healthy = healthy && ok
+		stores = append(stores, map[string]any{"namespace": h.Namespace, "kind": h.store.backend.kind(), "healthy": ok})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if !healthy {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	return json.NewEncoder(w).Encode(map[string]any{"healthy": healthy, "stores": stores})
+}
+
+func writeJSON(w http.ResponseWriter, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	return json.NewEncoder(w).Encode(v)
+}
+
+// Interface guards
+var _ caddy.AdminRouter = (*adminAPI)(nil)

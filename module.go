@@ -1,0 +1,476 @@
+// Package rediscache is a Caddy HTTP handler that caches upstream responses
+// in Redis (or in an embedded in-memory store), with per-route TTLs and keys,
+// X-Cache and Cache-Status headers, purges on mutations and through the admin
+// API, and a fall-through to the upstream whenever the store misbehaves.
+package rediscache
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults, applied in Provision when a field is left empty.
+const (
+	defaultNamespace       = "rcache"
+	defaultTimeout         = 100 * time.Millisecond
+	defaultBreakerFailures = 3
+	defaultBreakerCooldown = 2 * time.Second
+	defaultMemoryLimit     = 64 << 20
+	defaultMaxEntrySize    = 4 << 20
+	defaultMaxTTL          = 24 * time.Hour
+	defaultCoalesceWait    = 10 * time.Second
+	defaultPurgeHeader     = "X-Cache-Purge"
+	defaultTagsHeader      = "X-Cache-Tags"
+	maxKeyPartLength       = 96
+)
+
+var defaultCacheableStatus = []int{200, 203, 204, 300, 301, 404, 410}
+
+// Handler caches responses of the routes it is configured with. Requests to
+// paths that match no route pass through untouched.
+type Handler struct {
+	// Redis server URLs (redis:// or rediss:// for TLS). One URL uses a
+	// standalone client; several URLs, or a URL with ?cluster=true, use a
+	// Redis Cluster client; with SentinelMaster set they are Sentinel
+	// addresses. When empty, the embedded in-memory store is used.
+	Redis []string `json:"redis,omitempty"`
+
+	// Username for Redis ACL authentication. Placeholders such as
+	// {env.REDIS_USER} are resolved at provision time.
+	Username string `json:"username,omitempty"`
+
+	// Password (or Upstash token) for Redis. Placeholders such as
+	// {env.REDIS_TOKEN} are resolved at provision time, so secrets need not
+	// appear in the JSON config. A password in the URL is used otherwise.
+	Password string `json:"password,omitempty"`
+
+	// SentinelMaster is the Sentinel master name. When set, the Redis
+	// addresses are Sentinel servers and a failover client is used.
+	SentinelMaster string `json:"sentinel_master,omitempty"`
+
+	// Namespace prefixes every key this module writes, so several
+	// applications can share one Redis. Default: "rcache".
+	Namespace string `json:"namespace,omitempty"`
+
+	// PurgeOn lists the request methods that invalidate a route when they
+	// get a 2xx or 3xx answer. Default: every method except GET, HEAD,
+	// OPTIONS and TRACE, including unknown ones.
+	PurgeOn []string `json:"purge_on,omitempty"`
+
+	// Timeout bounds every store operation (dial, read, write). When it
+	// passes, the request goes to the upstream with X-Cache: SKIP.
+	// Default: 100ms.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// BreakerFailures is how many consecutive store failures open the
+	// circuit breaker; while it is open the store is not contacted and
+	// requests skip the cache. Default: 3.
+	BreakerFailures int `json:"breaker_failures,omitempty"`
+
+	// BreakerCooldown is how long the breaker stays open before one probe
+	// request tries the store again. Default: 2s.
+	BreakerCooldown caddy.Duration `json:"breaker_cooldown,omitempty"`
+
+	// MemoryLimit bounds the embedded in-memory store, in bytes. Used only
+	// when no Redis is configured. Default: 64 MiB.
+	MemoryLimit int64 `json:"memory_limit,omitempty"`
+
+	// MaxEntrySize is the largest response body that is stored. Larger
+	// bodies stream straight to the client and are not held in memory.
+	// Default: 4 MiB.
+	MaxEntrySize int64 `json:"max_entry_size,omitempty"`
+
+	// MaxTTL caps how long any entry lives in the store, whatever the
+	// origin says. Default: 24h.
+	MaxTTL caddy.Duration `json:"max_ttl,omitempty"`
+
+	// CacheableStatus lists the response status codes that may be stored.
+	// Default: 200, 203, 204, 300, 301, 404, 410.
+	CacheableStatus []int `json:"status,omitempty"`
+
+	// PurgeHeader is the response header through which the upstream names
+	// routes and tags to purge ("dashboard, tag:user:123"). It is removed
+	// before the response reaches the client. Default: X-Cache-Purge.
+	PurgeHeader string `json:"purge_header,omitempty"`
+
+	// TagsHeader is the response header through which the upstream adds
+	// tags to a stored entry. It is removed before the response reaches the
+	// client. Default: X-Cache-Tags.
+	TagsHeader string `json:"tags_header,omitempty"`
+
+	// CoalesceWait is how long concurrent misses for the same key wait for
+	// the one request that went to the upstream, before they go themselves.
+	// Default: 10s.
+	CoalesceWait caddy.Duration `json:"coalesce_wait,omitempty"`
+
+	// Routes are tried in order; the first whose path pattern matches the
+	// request handles it.
+	Routes []*Route `json:"routes,omitempty"`
+
+	store        *guardedStore
+	storeKey     string
+	logger       *zap.Logger
+	purgeMethods map[string]bool
+	cacheable    map[int]bool
+	routeByName  map[string]*Route
+	flights      *flightGroup
+	metrics      *handlerMetrics
+	genTTL       time.Duration
+	ctx          caddy.Context
+	background   *sync.WaitGroup
+}
+
+// Route is one named set of cache rules for a path pattern.
+type Route struct {
+	// Name identifies the route in keys, purges, metrics and stats.
+	// Letters, digits, '-', '_' and '.'; it must start with a letter or digit.
+	Name string `json:"name"`
+
+	// Path is a path pattern: an exact path, a prefix ending in '*'
+	// ("/api/dashboard*"), or a glob where '*' matches any characters,
+	// '/' included.
+	Path string `json:"path"`
+
+	// TTL is how long a response stays fresh when the origin sets no
+	// freshness of its own (s-maxage, max-age, Expires). Zero means only
+	// responses the origin marks fresh are stored.
+	TTL caddy.Duration `json:"ttl,omitempty"`
+
+	// ForceTTL makes TTL win over the origin's freshness headers, as an
+	// app-level cache does. Responses marked no-store or private are still
+	// never stored.
+	ForceTTL bool `json:"force_ttl,omitempty"`
+
+	// Key is a template of Caddy placeholders whose value is part of the
+	// cache key, e.g. "{http.request.header.X-User-Id}". When it evaluates
+	// to an empty string the request is not cached. A route with a key may
+	// cache requests that carry Authorization or Cookie, since the key is
+	// assumed to carry the identity; without a key such requests skip the
+	// cache.
+	Key string `json:"key,omitempty"`
+
+	// Tags are templates of tags attached to every entry stored by this
+	// route, e.g. "user:{http.request.header.X-User-Id}". A tag purge
+	// invalidates every entry carrying the tag.
+	Tags []string `json:"tags,omitempty"`
+
+	// Invalidates names other routes that a successful mutation on this
+	// route invalidates as well.
+	Invalidates []string `json:"invalidates,omitempty"`
+
+	// Vary names request headers whose values are part of the key, in
+	// addition to those the upstream names in its Vary header.
+	Vary []string `json:"vary,omitempty"`
+
+	// Purge chooses what a successful mutation invalidates: "route" (the
+	// default: this route, its Invalidates list and the target URI) or
+	// "uri" (only the target URI and same-origin Location and
+	// Content-Location).
+	Purge string `json:"purge,omitempty"`
+
+	// StaleWhileRevalidate serves an entry this long past its freshness
+	// while one background request refreshes it.
+	StaleWhileRevalidate caddy.Duration `json:"stale_while_revalidate,omitempty"`
+
+	// StaleIfError serves an entry this long past its freshness when the
+	// upstream fails or answers 500, 502, 503 or 504.
+	StaleIfError caddy.Duration `json:"stale_if_error,omitempty"`
+
+	// CacheControl replaces the Cache-Control header sent to clients on
+	// responses of this route. When empty and the route has a Key (so
+	// entries are per identity), "private" is sent, so that no shared
+	// downstream cache keeps one user's data; otherwise the origin's value
+	// is kept.
+	CacheControl string `json:"cache_control,omitempty"`
+
+	// ContentTypes, when set, lists the media types (e.g.
+	// "application/json") a response must have to be stored; any other
+	// Content-Type is passed through but not stored. This stops cache
+	// deception through paths like /api/me.css.
+	ContentTypes []string `json:"content_types,omitempty"`
+
+	matcher    pathMatcher
+	keyRepl    bool
+	keyLiteral string // the key template with every placeholder empty
+	stats      routeStats
+	purgeURI  bool
+	routeGen  string
+	invalGens []string
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.redis_cache",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+var routeNamePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+var namespacePattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`)
+
+// Provision sets defaults, compiles routes and obtains the store.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.ctx = ctx
+	h.background = new(sync.WaitGroup)
+	h.logger = ctx.Logger()
+	h.setDefaults()
+	if err := h.compileRoutes(); err != nil {
+		return err
+	}
+	h.purgeMethods = methodSet(h.PurgeOn)
+	h.cacheable = make(map[int]bool, len(h.CacheableStatus))
+	for _, code := range h.CacheableStatus {
+		h.cacheable[code] = true
+	}
+	h.genTTL = time.Duration(h.MaxTTL) + time.Hour
+	h.flights = newFlightGroup()
+
+	metrics, err := provisionMetrics(ctx)
+	if err != nil {
+		return err
+	}
+	h.metrics = metrics
+
+	store, key, err := h.obtainStore()
+	if err != nil {
+		return err
+	}
+	h.store, h.storeKey = store, key
+	registerHandler(h)
+	return nil
+}
+
+func (h *Handler) setDefaults() {
+	if h.Namespace == "" {
+		h.Namespace = defaultNamespace
+	}
+	if h.Timeout == 0 {
+		h.Timeout = caddy.Duration(defaultTimeout)
+	}
+	if h.BreakerFailures == 0 {
+		h.BreakerFailures = defaultBreakerFailures
+	}
+	if h.BreakerCooldown == 0 {
+		h.BreakerCooldown = caddy.Duration(defaultBreakerCooldown)
+	}
+	if h.MemoryLimit == 0 {
+		h.MemoryLimit = defaultMemoryLimit
+	}
+	if h.MaxEntrySize == 0 {
+		h.MaxEntrySize = defaultMaxEntrySize
+	}
+	if h.MaxTTL == 0 {
+		h.MaxTTL = caddy.Duration(defaultMaxTTL)
+	}
+	if h.CoalesceWait == 0 {
+		h.CoalesceWait = caddy.Duration(defaultCoalesceWait)
+	}
+	if len(h.CacheableStatus) == 0 {
+		h.CacheableStatus = defaultCacheableStatus
+	}
+	if h.PurgeHeader == "" {
+		h.PurgeHeader = defaultPurgeHeader
+	}
+	if h.TagsHeader == "" {
+		h.TagsHeader = defaultTagsHeader
+	}
+}
+
+func (h *Handler) compileRoutes() error {
+	h.routeByName = make(map[string]*Route, len(h.Routes))
+	for i, rt := range h.Routes {
+		if rt == nil {
+			return fmt.Errorf("route %d: empty route", i)
+		}
+		m, err := compilePathPattern(rt.Path)
+		if err != nil {
+			return fmt.Errorf("route %q: %v", rt.Name, err)
+		}
+		rt.matcher = m
+		rt.purgeURI = rt.Purge == "uri"
+		rt.keyRepl = rt.Key != ""
+		rt.keyLiteral = strings.TrimSpace(caddy.NewEmptyReplacer().ReplaceAll(rt.Key, ""))
+		rt.routeGen = h.routeGenKey(rt.Name)
+		h.routeByName[rt.Name] = rt
+	}
+	for _, rt := range h.Routes {
+		rt.invalGens = rt.invalGens[:0]
+		for _, name := range rt.Invalidates {
+			rt.invalGens = append(rt.invalGens, h.routeGenKey(name))
+		}
+	}
+	return nil
+}
+
+// Validate checks the configuration for errors that Provision's defaults
+// cannot repair, naming the offending setting.
+func (h *Handler) Validate() error {
+	if !namespacePattern.MatchString(h.Namespace) {
+		return fmt.Errorf("namespace %q: use letters, digits, '-', '_' or '.', starting with a letter or digit", h.Namespace)
+	}
+	if h.Timeout < 0 || h.BreakerCooldown < 0 || h.MaxTTL < 0 || h.CoalesceWait < 0 {
+		return fmt.Errorf("durations must not be negative")
+	}
+	if h.BreakerFailures < 0 || h.MemoryLimit < 0 || h.MaxEntrySize < 0 {
+		return fmt.Errorf("breaker_failures, memory_limit and max_entry_size must not be negative")
+	}
+	for _, code := range h.CacheableStatus {
+		if code < 100 || code > 599 {
+			return fmt.Errorf("status %d: not an HTTP status code", code)
+		}
+	}
+	for _, m := range h.PurgeOn {
+		if m == "" || strings.ToUpper(m) != m {
+			return fmt.Errorf("purge_on %q: methods are upper-case tokens such as POST", m)
+		}
+	}
+	seen := make(map[string]bool, len(h.Routes))
+	for _, rt := range h.Routes {
+		if err := rt.validate(); err != nil {
+			return err
+		}
+		if seen[rt.Name] {
+			return fmt.Errorf("route %q: duplicate route name", rt.Name)
+		}
+		seen[rt.Name] = true
+	}
+	for _, rt := range h.Routes {
+		for _, name := range rt.Invalidates {
+			if !seen[name] {
+				return fmt.Errorf("route %q: invalidates unknown route %q", rt.Name, name)
+			}
+		}
+	}
+	return nil
+}
+
+func (rt *Route) validate() error {
+	if !routeNamePattern.MatchString(rt.Name) {
+		return fmt.Errorf("route %q: invalid name; use letters, digits, '-', '_' or '.', starting with a letter or digit", rt.Name)
+	}
+	if _, err := compilePathPattern(rt.Path); err != nil {
+		return fmt.Errorf("route %q: %v", rt.Name, err)
+	}
+	if rt.TTL < 0 || rt.StaleWhileRevalidate < 0 || rt.StaleIfError < 0 {
+		return fmt.Errorf("route %q: durations must not be negative", rt.Name)
+	}
+	if rt.ForceTTL && rt.TTL <= 0 {
+		return fmt.Errorf("route %q: force_ttl needs a ttl greater than zero", rt.Name)
+	}
+	switch rt.Purge {
+	case "", "route", "uri":
+	default:
+		return fmt.Errorf("route %q: purge %q: must be 'route' or 'uri'", rt.Name, rt.Purge)
+	}
+	for _, name := range rt.Vary {
+		if name == "" || strings.ContainsAny(name, " \t:,") {
+			return fmt.Errorf("route %q: vary %q: not a header name", rt.Name, name)
+		}
+	}
+	return nil
+}
+
+// Cleanup releases this config's hold on the shared store.
+func (h *Handler) Cleanup() error {
+	unregisterHandler(h)
+	if h.background != nil {
+		h.background.Wait()
+	}
+	if h.storeKey != "" {
+		if _, err := storePool.Delete(h.storeKey); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// obtainStore returns the store for this config, shared through storePool
+// with every other config (including the previous one, across a reload)
+// that uses the same settings.
+func (h *Handler) obtainStore() (*guardedStore, string, error) {
+	repl := caddy.NewReplacer()
+	opts := storeOptions{
+		urls:            make([]string, len(h.Redis)),
+		username:        repl.ReplaceKnown(h.Username, ""),
+		password:        repl.ReplaceKnown(h.Password, ""),
+		sentinelMaster:  repl.ReplaceKnown(h.SentinelMaster, ""),
+		timeout:         time.Duration(h.Timeout),
+		breakerFailures: h.BreakerFailures,
+		breakerCooldown: time.Duration(h.BreakerCooldown),
+		memoryLimit:     h.MemoryLimit,
+	}
+	for i, u := range h.Redis {
+		opts.urls[i] = repl.ReplaceKnown(u, "")
+	}
+	key := opts.poolKey()
+	val, _, err := storePool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return newGuardedStore(opts, h.logger.Named("store"), h.metrics)
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return val.(*guardedStore), key, nil
+}
+
+// poolKey identifies a store configuration; the hash keeps secrets out of
+// anything that might print the key.
+func (o storeOptions) poolKey() string {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%q|%q|%q|%q|%s|%d|%s|%d",
+		o.urls, o.username, o.password, o.sentinelMaster, o.timeout,
+		o.breakerFailures, o.breakerCooldown, o.memoryLimit)))
+	return "redis_cache:" + hex.EncodeToString(sum[:16])
+}
+
+// storePool shares store connections across config reloads.
+var storePool = caddy.NewUsagePool()
+
+// liveHandlers holds every provisioned handler, for the admin API.
+var liveHandlers sync.Map
+
+func registerHandler(h *Handler)   { liveHandlers.Store(h, struct{}{}) }
+func unregisterHandler(h *Handler) { liveHandlers.Delete(h) }
+
+// methodSet returns the set of purging methods; nil means every unsafe one.
+func methodSet(methods []string) map[string]bool {
+	if len(methods) == 0 {
+		return nil
+	}
+	set := make(map[string]bool, len(methods))
+	for _, m := range methods {
+		set[m] = true
+	}
+	return set
+}
+
+func (h *Handler) isPurgeMethod(method string) bool {
+	if h.purgeMethods == nil {
+		switch method {
+		case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+			return false
+		}
+		return true
+	}
+	return h.purgeMethods[method]
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner  = (*Handler)(nil)
+	_ caddy.Validator    = (*Handler)(nil)
+	_ caddy.CleanerUpper = (*Handler)(nil)
+)

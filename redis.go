@@ -1,0 +1,344 @@
+package rediscache
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+)
+
+// redisStore keeps entries and generations in Redis: standalone, Cluster or
+// Sentinel, through one UniversalClient.
+type redisStore struct {
+	client redis.UniversalClient
+	name   string
+}
+
+// scanBatch bounds how many keys one SCAN step returns and one UNLINK
+// pipeline removes, so a pattern purge never blocks Redis for long.
+const scanBatch = 500
+
+func newRedisStore(opts storeOptions) (*redisStore, error) {
+	uo, err := universalOptions(opts)
+	if err != nil {
+		return nil, err
+	}
+	client := redis.NewUniversalClient(uo)
+	name := "redis"
+	switch client.(type) {
+	case *redis.ClusterClient:
+		name = "redis-cluster"
+	}
+	if opts.sentinelMaster != "" {
+		name = "redis-sentinel"
+	}
+	return &redisStore{client: client, name: name}, nil
+}
+
+// universalOptions turns the configured URLs into client options. Every URL
+// must agree on credentials, TLS and database; the first one sets them.
+func universalOptions(opts storeOptions) (*redis.UniversalOptions, error) {
+	uo := &redis.UniversalOptions{
+		MasterName:            opts.sentinelMaster,
+		Protocol:              2,
+		DialTimeout:           opts.timeout,
+		ReadTimeout:           opts.timeout,
+		WriteTimeout:          opts.timeout,
+		PoolTimeout:           opts.timeout,
+		MaxRetries:            -1,
+		DialerRetries:         1,
+		ContextTimeoutEnabled: true,
+		DisableIdentity:       true,
+		MaintNotificationsConfig: &maintnotifications.Config{
+			Mode: maintnotifications.ModeDisabled,
+		},
+	}
+	for i, raw := range opts.urls {
+		o, err := redis.ParseURL(stripClusterParam(raw))
+		if err != nil {
+			return nil, fmt.Errorf("redis %q: %v", redactURL(raw), err)
+		}
+		uo.Addrs = append(uo.Addrs, o.Addr)
+		if wantsCluster(raw) {
+			uo.IsClusterMode = true
+		}
+		if i == 0 {
+			uo.Username, uo.Password, uo.DB, uo.TLSConfig = o.Username, o.Password, o.DB, o.TLSConfig
+		}
+	}
+	if opts.username != "" {
+		uo.Username = opts.username
+	}
+	if opts.password != "" {
+		uo.Password = opts.password
+	}
+	if len(uo.Addrs) > 1 && opts.sentinelMaster == "" {
+		uo.IsClusterMode = true
+	}
+	return uo, nil
+}
+
+func wantsCluster(raw string) bool {
+	u, err := url.Parse(raw)
+	return err == nil && u.Query().Get("cluster") == "true"
+}
+
+func stripClusterParam(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || !u.Query().Has("cluster") {
+		return raw
+	}
+	q := u.Query()
+	q.Del("cluster")
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+// redactURL hides a password in a URL, for error messages.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "<unparseable URL>"
+	}
+	return u.Redacted()
+}
+
+func (s *redisStore) kind() string { return s.name }
+
+func (s *redisStore) close() error { return s.client.Close() }
+
+func (s *redisStore) get(ctx context.Context, key string, gens []string) ([]byte, []string, error) {
+	pipe := s.client.Pipeline()
+	valCmd := pipe.Get(ctx, key)
+	genCmds := make([]*redis.StringCmd, len(gens))
+	for i, g := range gens {
+		genCmds[i] = pipe.Get(ctx, g)
+	}
+	_, err := pipe.Exec(ctx)
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, nil, err
+	}
+	cur, err := genValues(genCmds)
+	if err != nil {
+		return nil, nil, err
+	}
+	val, err := valCmd.Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, cur, nil
+	}
+	return val, cur, err
+}
+
+func genValues(cmds []*redis.StringCmd) ([]string, error) {
+	cur := make([]string, len(cmds))
+	for i, c := range cmds {
+		v, err := c.Result()
+		switch {
+		case errors.Is(err, redis.Nil):
+			cur[i] = zeroGen
+		case err != nil:
+			return nil, err
+		default:
+			cur[i] = v
+		}
+	}
+	return cur, nil
+}
+
+func (s *redisStore) gens(ctx context.Context, gens []string) ([]string, error) {
+	if len(gens) == 0 {
+		return nil, nil
+	}
+	pipe := s.client.Pipeline()
+	cmds := make([]*redis.StringCmd, len(gens))
+	for i, g := range gens {
+		cmds[i] = pipe.Get(ctx, g)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, err
+	}
+	return genValues(cmds)
+}
+
+func (s *redisStore) set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	return s.client.Set(ctx, key, value, ttl).Err()
+}
+
+// del removes keys one command each, so keys in different Cluster slots
+// never meet in one multi-key command (CROSSSLOT).
+func (s *redisStore) del(ctx context.Context, keys ...string) (int64, error) {
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	pipe := s.client.Pipeline()
+	cmds := make([]*redis.IntCmd, len(keys))
+	for i, k := range keys {
+		cmds[i] = pipe.Unlink(ctx, k)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, c := range cmds {
+		n += c.Val()
+	}
+	return n, nil
+}
+
+// bumpScript advances a "hard:soft" generation. A hard bump moves to the
+// server's clock in microseconds (or one past the old value), so a key that
+// expired and is re-created never repeats a value an old entry recorded.
+var bumpScript = redis.NewScript(`
+local v = redis.call('GET', KEYS[1])
+local h, s = 0, 0
+if v then
+  local i = string.find(v, ':', 1, true)
+  if i then
+    h = tonumber(string.sub(v, 1, i - 1)) or 0
+    s = tonumber(string.sub(v, i + 1)) or 0
+  end
+end
+if ARGV[1] == 'hard' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if now > h then h = now else h = h + 1 end
+else
+  s = s + 1
+end
+local nv = string.format('%d:%d', h, s)
+redis.call('SET', KEYS[1], nv, 'PX', ARGV[2])
+return nv
+`)
+
+func (s *redisStore) bump(ctx context.Context, soft bool, ttl time.Duration, gens ...string) error {
+	mode := "hard"
+	if soft {
+		mode = "soft"
+	}
+	pipe := s.client.Pipeline()
+	for _, g := range gens {
+		bumpScript.Eval(ctx, pipe, []string{g}, mode, ttl.Milliseconds())
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+func (s *redisStore) scanDelete(ctx context.Context, match string, keep func(string) bool) (int64, error) {
+	if cc, ok := s.client.(*redis.ClusterClient); ok {
+		var total atomic.Int64
+		err := cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+			n, err := scanDeleteNode(ctx, node, match, keep)
+			total.Add(n)
+			return err
+		})
+		return total.Load(), err
+	}
+	return scanDeleteNode(ctx, s.client, match, keep)
+}
+
+// scanDeleteNode walks one node with SCAN and removes matches with
+// single-key UNLINKs in a pipeline per batch.
+func scanDeleteNode(ctx context.Context, node redis.Cmdable, match string, keep func(string) bool) (int64, error) {
+	var cursor uint64
+	var removed int64
+	for {
+		keys, next, err := node.Scan(ctx, cursor, match, scanBatch).Result()
+		if err != nil {
+			return removed, err
+		}
+		doomed := keys[:0]
+		for _, k := range keys {
+			if keep == nil || !keep(k) {
+				doomed = append(doomed, k)
+			}
+		}
+		if len(doomed) > 0 {
+			pipe := node.Pipeline()
+			cmds := make([]*redis.IntCmd, len(doomed))
+			for i, k := range doomed {
+				cmds[i] = pipe.Unlink(ctx, k)
+			}
+			if _, err := pipe.Exec(ctx); err != nil {
+				return removed, err
+			}
+			for _, c := range cmds {
+				removed += c.Val()
+			}
+		}
+		cursor = next
+		if cursor == 0 {
+			return removed, nil
+		}
+	}
+}
+
+var unlockScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+`)
+
+func (s *redisStore) lock(ctx context.Context, key, token string, ttl time.Duration) (bool, error) {
+	return s.client.SetNX(ctx, key, token, ttl).Result()
+}
+
+func (s *redisStore) unlock(ctx context.Context, key, token string) error {
+	return unlockScript.Run(ctx, s.client, []string{key}, token).Err()
+}
+
+// info reports memory figures from INFO memory, summed over Cluster masters.
+func (s *redisStore) info(ctx context.Context) map[string]any {
+	out := map[string]any{"kind": s.name}
+	var mu sync.Mutex
+	var used int64
+	var policy string
+	collect := func(ctx context.Context, c redis.Cmdable) error {
+		raw, err := c.Info(ctx, "memory").Result()
+		if err != nil {
+			return err
+		}
+		fields := parseInfo(raw)
+		mu.Lock()
+		defer mu.Unlock()
+		n, _ := strconv.ParseInt(fields["used_memory"], 10, 64)
+		used += n
+		policy = fields["maxmemory_policy"]
+		out["maxmemory"] = fields["maxmemory"]
+		return nil
+	}
+	var err error
+	if cc, ok := s.client.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+			return collect(ctx, node)
+		})
+	} else {
+		err = collect(ctx, s.client)
+	}
+	if err != nil {
+		out["error"] = err.Error()
+		return out
+	}
+	out["used_memory"] = used
+	out["maxmemory_policy"] = policy
+	return out
+}
+
+func parseInfo(raw string) map[string]string {
+	fields := make(map[string]string)
+	for _, line := range strings.Split(raw, "\n") {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if ok {
+			fields[k] = v
+		}
+	}
+	return fields
+}

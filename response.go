@@ -1,0 +1,442 @@
+package rediscache
+
+import (
+	"bytes"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// captureMode is what a captureWriter does with the upstream's response.
+type captureMode int
+
+const (
+	modeNone        captureMode = iota // nothing written yet
+	modeBuffer                         // storable so far: held for the store
+	modePassthrough                    // not storable: streamed to the client
+	modeDiscard                        // an error a stale entry will replace
+)
+
+// captureWriter receives the upstream's response on a miss. Until the
+// response proves storable it keeps it; anything not storable, or larger
+// than max_entry_size, is streamed to the client as it arrives.
+type captureWriter struct {
+	w      http.ResponseWriter
+	cr     *cacheRequest
+	fwd    string
+	start  time.Time
+	header http.Header
+	status int
+	mode   captureMode
+	buf    bytes.Buffer
+	plan   storePlan
+}
+
+// storePlan is the freshness information of a storable response.
+type storePlan struct {
+	responseTime time.Time
+	initialAge   time.Duration
+	freshFor     time.Duration
+	swr, sie     time.Duration
+	storeTTL     time.Duration
+}
+
+func newCaptureWriter(w http.ResponseWriter, cr *cacheRequest, fwd string) *captureWriter {
+	return &captureWriter{w: w, cr: cr, fwd: fwd, start: time.Now(), header: make(http.Header)}
+}
+
+func (cw *captureWriter) Header() http.Header { return cw.header }
+
+func (cw *captureWriter) WriteHeader(code int) {
+	if cw.mode != modeNone {
+		return
+	}
+	if code < 200 {
+		copyHeader(cw.w.Header(), cw.header)
+		cw.w.WriteHeader(code)
+		return
+	}
+	cw.status = code
+	plan, reason := cw.cr.h.cacheability(cw.cr, code, cw.header, cw.start)
+	switch {
+	case reason == "":
+		cw.plan = plan
+		cw.mode = modeBuffer
+	case cw.cr.stale != nil && isServerError(code):
+		cw.mode = modeDiscard
+	default:
+		cw.passthrough(reason)
+	}
+}
+
+func isServerError(code int) bool {
+	switch code {
+	case 500, 502, 503, 504:
+		return true
+	}
+	return false
+}
+
+// passthrough sends the response on to the client as it arrives.
+func (cw *captureWriter) passthrough(reason string) {
+	cw.mode = modePassthrough
+	hdr := cw.w.Header()
+	copyHeader(hdr, cw.header)
+	cw.cr.h.stripInternal(hdr)
+	hdr.Set("X-Cache", resultMiss)
+	hdr.Add("Cache-Status", cacheStatusFwd(cw.fwd, reason))
+	cw.w.WriteHeader(cw.status)
+}
+
+func (cw *captureWriter) Write(p []byte) (int, error) {
+	if cw.mode == modeNone {
+		cw.WriteHeader(http.StatusOK)
+	}
+	switch cw.mode {
+	case modeBuffer:
+		if int64(cw.buf.Len()+len(p)) > cw.cr.h.MaxEntrySize {
+			cw.passthrough("too-large")
+			if _, err := cw.w.Write(cw.buf.Bytes()); err != nil {
+				return 0, err
+			}
+			cw.buf = bytes.Buffer{}
+			return cw.w.Write(p)
+		}
+		return cw.buf.Write(p)
+	case modeDiscard:
+		return len(p), nil
+	default:
+		return cw.w.Write(p)
+	}
+}
+
+// Flush is honoured only once the response streams through; a response
+// being held for the store is sent whole at the end.
+func (cw *captureWriter) Flush() {
+	if cw.mode == modePassthrough {
+		_ = http.NewResponseController(cw.w).Flush()
+	}
+}
+
+// flushTo sends a discarded error response after all, when no stale entry
+// could stand in for it. Its body is gone, so only the status is sent.
+func (cw *captureWriter) flushTo(w http.ResponseWriter, fwd string) {
+	hdr := w.Header()
+	copyHeader(hdr, cw.header)
+	cw.cr.h.stripInternal(hdr)
+	hdr.Del("Content-Length")
+	hdr.Set("X-Cache", resultMiss)
+	hdr.Add("Cache-Status", cacheStatusFwd(fwd, "upstream-error"))
+	w.WriteHeader(cw.status)
+}
+
+// fetched is a complete storable upstream response, shared with coalesced
+// waiters and written to the store.
+type fetched struct {
+	entry      *entry
+	storeTTL   time.Duration
+	tags       []string
+	vary       []string // header names from the upstream's Vary
+	varyValues []string // the leader's values of those headers
+}
+
+func (cw *captureWriter) result(start time.Time) *fetched {
+	h := cw.cr.h
+	hdr := cw.header.Clone()
+	res := &fetched{
+		storeTTL: cw.plan.storeTTL,
+		tags:     splitList(hdr.Values(h.TagsHeader)),
+		vary:     varyNames(hdr),
+	}
+	h.stripInternal(hdr)
+	for _, name := range hopByHop {
+		hdr.Del(name)
+	}
+	hdr.Del("Age")
+	hdr.Del("X-Cache")
+	for _, name := range res.vary {
+		res.varyValues = append(res.varyValues, strings.Join(cw.cr.r.Header.Values(name), ", "))
+	}
+	res.entry = &entry{
+		kind:       kindResponse,
+		status:     cw.status,
+		storedAt:   cw.plan.responseTime,
+		initialAge: cw.plan.initialAge,
+		freshFor:   cw.plan.freshFor,
+		swr:        cw.plan.swr,
+		sie:        cw.plan.sie,
+		vary:       res.vary,
+		header:     hdr,
+		body:       cw.buf.Bytes(),
+	}
+	return res
+}
+
+// sharableWith reports whether a coalesced waiter's request selects the
+// same Vary variant as the leader's.
+func (f *fetched) sharableWith(r *http.Request) bool {
+	for i, name := range f.vary {
+		if strings.Join(r.Header.Values(name), ", ") != f.varyValues[i] {
+			return false
+		}
+	}
+	return true
+}
+
+var hopByHop = []string{
+	"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+	"Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// stripInternal removes the headers through which the upstream talks to
+// the cache, so clients never see them.
+func (h *Handler) stripInternal(hdr http.Header) {
+	hdr.Del(h.PurgeHeader)
+	hdr.Del(h.TagsHeader)
+}
+
+func copyHeader(dst, src http.Header) {
+	for k, vs := range src {
+		dst[k] = vs
+	}
+}
+
+func splitList(values []string) []string {
+	var out []string
+	for _, v := range values {
+		for _, item := range strings.Split(v, ",") {
+			if item = strings.TrimSpace(item); item != "" {
+				out = append(out, item)
+			}
+		}
+	}
+	return out
+}
+
+func varyNames(hdr http.Header) []string {
+	var out []string
+	for _, name := range splitList(hdr.Values("Vary")) {
+		out = append(out, http.CanonicalHeaderKey(name))
+	}
+	return out
+}
+
+// cacheability decides whether a response may be stored and for how long,
+// naming the reason (a Cache-Status detail) when it may not.
+func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, requestTime time.Time) (storePlan, string) {
+	rt := cr.route
+	if strings.HasPrefix(hdr.Get("Content-Type"), "text/event-stream") || hdr.Get("Incremental") != "" {
+		return storePlan{}, "streaming"
+	}
+	if !h.cacheable[status] {
+		return storePlan{}, "status"
+	}
+	if cl := hdr.Get("Content-Length"); cl != "" {
+		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n > h.MaxEntrySize {
+			return storePlan{}, "too-large"
+		}
+	}
+	cc := parseCacheControl(hdr.Values("Cache-Control"))
+	switch {
+	case cc.has("no-store"):
+		return storePlan{}, "no-store"
+	case cc.has("private"):
+		return storePlan{}, "private"
+	case cc.has("no-cache"):
+		return storePlan{}, "no-cache"
+	case hdr.Get("Set-Cookie") != "":
+		return storePlan{}, "set-cookie"
+	}
+	for _, name := range varyNames(hdr) {
+		if name == "*" {
+			return storePlan{}, "vary-star"
+		}
+	}
+	if len(rt.ContentTypes) > 0 && !rt.allowsContentType(hdr.Get("Content-Type")) {
+		return storePlan{}, "content-type"
+	}
+	now := time.Now()
+	plan := storePlan{responseTime: now}
+	plan.initialAge = initialAge(hdr, requestTime, now)
+	plan.freshFor = freshnessLifetime(rt, cc, hdr, now)
+	plan.swr = max(time.Duration(rt.StaleWhileRevalidate), cc.seconds("stale-while-revalidate"))
+	plan.sie = max(time.Duration(rt.StaleIfError), cc.seconds("stale-if-error"))
+	if cc.has("must-revalidate") || cc.has("proxy-revalidate") {
+		plan.swr, plan.sie = 0, 0
+	}
+	if plan.freshFor <= 0 {
+		return storePlan{}, "not-fresh"
+	}
+	plan.storeTTL = plan.freshFor - plan.initialAge + max(plan.swr, plan.sie)
+	plan.storeTTL = min(plan.storeTTL, time.Duration(h.MaxTTL))
+	if plan.storeTTL < time.Second {
+		return storePlan{}, "stale-on-arrival"
+	}
+	return plan, ""
+}
+
+func (rt *Route) allowsContentType(ct string) bool {
+	mt, _, err := mime.ParseMediaType(ct)
+	if err != nil {
+		return false
+	}
+	for _, allowed := range rt.ContentTypes {
+		if strings.EqualFold(mt, allowed) {
+			return true
+		}
+	}
+	return false
+}
+
+// freshnessLifetime follows RFC 9111 §4.2.1 for a shared cache, with the
+// route's TTL as the default when the origin says nothing, or as the rule
+// when the route forces it.
+func freshnessLifetime(rt *Route, cc cacheControl, hdr http.Header, now time.Time) time.Duration {
+	if rt.ForceTTL {
+		return time.Duration(rt.TTL)
+	}
+	if v, ok := cc.get("s-maxage"); ok {
+		return parseSeconds(v)
+	}
+	if v, ok := cc.get("max-age"); ok {
+		return parseSeconds(v)
+	}
+	if exp := hdr.Get("Expires"); exp != "" {
+		t, err := http.ParseTime(exp)
+		if err != nil {
+			return 0 // an invalid Expires means already expired
+		}
+		date := now
+		if d, err := http.ParseTime(hdr.Get("Date")); err == nil {
+			date = d
+		}
+		return t.Sub(date)
+	}
+	return time.Duration(rt.TTL)
+}
+
+// initialAge is RFC 9111 §4.2.3's corrected_initial_age.
+func initialAge(hdr http.Header, requestTime, responseTime time.Time) time.Duration {
+	var apparent time.Duration
+	if d, err := http.ParseTime(hdr.Get("Date")); err == nil {
+		apparent = max(0, responseTime.Sub(d))
+	}
+	var ageValue time.Duration
+	if a := hdr.Get("Age"); a != "" {
+		ageValue = parseSeconds(a)
+	}
+	corrected := ageValue + responseTime.Sub(requestTime)
+	return max(apparent, corrected)
+}
+
+// parseSeconds reads a delta-seconds value; anything invalid is zero and an
+// overflow saturates (RFC 9111 §1.2.2).
+func parseSeconds(v string) time.Duration {
+	v = strings.Trim(strings.TrimSpace(v), `"`)
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange && !strings.HasPrefix(v, "-") {
+			return time.Duration(1<<31-1) * time.Second
+		}
+		return 0
+	}
+	if n < 0 {
+		return 0
+	}
+	if n > 1<<31-1 {
+		n = 1<<31 - 1
+	}
+	return time.Duration(n) * time.Second
+}
+
+// cacheControl is a parsed Cache-Control field: directive names in lower
+// case, with their argument if any.
+type cacheControl map[string]string
+
+func parseCacheControl(values []string) cacheControl {
+	cc := cacheControl{}
+	for _, v := range values {
+		for _, part := range strings.Split(v, ",") {
+			part = strings.TrimSpace(part)
+			if part == "" {
+				continue
+			}
+			name, arg, _ := strings.Cut(part, "=")
+			name = strings.ToLower(strings.TrimSpace(name))
+			if _, dup := cc[name]; !dup {
+				cc[name] = strings.TrimSpace(arg)
+			}
+		}
+	}
+	return cc
+}
+
+func (cc cacheControl) has(name string) bool { _, ok := cc[name]; return ok }
+
+func (cc cacheControl) get(name string) (string, bool) {
+	v, ok := cc[name]
+	return v, ok
+}
+
+func (cc cacheControl) seconds(name string) time.Duration {
+	if v, ok := cc[name]; ok {
+		return parseSeconds(v)
+	}
+	return 0
+}
+
+// stampWriter marks a response that went to the upstream without the cache
+// (X-Cache: SKIP), and lets a hook see the status before the client does.
+type stampWriter struct {
+	http.ResponseWriter
+	h        *Handler
+	xcache   string
+	status   string
+	wrote    bool
+	onHeader func(code int, hdr http.Header)
+}
+
+func (sw *stampWriter) WriteHeader(code int) {
+	if code < 200 || sw.wrote {
+		sw.ResponseWriter.WriteHeader(code)
+		return
+	}
+	sw.wrote = true
+	hdr := sw.Header()
+	if sw.onHeader != nil {
+		sw.onHeader(code, hdr)
+	}
+	sw.h.stripInternal(hdr)
+	hdr.Set("X-Cache", sw.xcache)
+	hdr.Add("Cache-Status", sw.status)
+	sw.ResponseWriter.WriteHeader(code)
+}
+
+func (sw *stampWriter) Write(p []byte) (int, error) {
+	if !sw.wrote {
+		sw.WriteHeader(http.StatusOK)
+	}
+	return sw.ResponseWriter.Write(p)
+}
+
+func (sw *stampWriter) Flush() {
+	if !sw.wrote {
+		sw.WriteHeader(http.StatusOK)
+	}
+	_ = http.NewResponseController(sw.ResponseWriter).Flush()
+}
+
+// Unwrap lets http.ResponseController reach the connection, for
+// hijacking (WebSocket) and deadlines.
+func (sw *stampWriter) Unwrap() http.ResponseWriter { return sw.ResponseWriter }
+
+// discardWriter absorbs the response of a background refresh.
+type discardWriter struct{ header http.Header }
+
+func newDiscardWriter() *discardWriter { return &discardWriter{header: make(http.Header)} }
+
+func (d *discardWriter) Header() http.Header         { return d.header }
+func (d *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (d *discardWriter) WriteHeader(int)             {}

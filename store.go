@@ -1,0 +1,462 @@
+package rediscache
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// store is what the handler needs from a backend. Generations are counters
+// ("hard:soft") that entries record when they are stored; bumping one
+// invalidates every entry that recorded an older value, in one write.
+type store interface {
+	// get returns the value at key (nil when absent) and the current value
+	// of each generation key, in one round trip.
+	get(ctx context.Context, key string, gens []string) ([]byte, []string, error)
+	// gens returns the current value of each generation key.
+	gens(ctx context.Context, gens []string) ([]string, error)
+	set(ctx context.Context, key string, value []byte, ttl time.Duration) error
+	del(ctx context.Context, keys ...string) (int64, error)
+	// bump advances generation keys: a hard bump invalidates, a soft bump
+	// only marks stale. Each key lives for ttl after its last bump.
+	bump(ctx context.Context, soft bool, ttl time.Duration, gens ...string) error
+	// scanDelete removes the keys matching a glob for which keep is false,
+	// in bounded batches, and reports how many it removed.
+	scanDelete(ctx context.Context, match string, keep func(string) bool) (int64, error)
+	// lock takes a short exclusive lock; unlock releases it if still ours.
+	lock(ctx context.Context, key, token string, ttl time.Duration) (bool, error)
+	unlock(ctx context.Context, key, token string) error
+	info(ctx context.Context) map[string]any
+	kind() string
+	close() error
+}
+
+// zeroGen is the value of a generation key that was never bumped.
+const zeroGen = "0:0"
+
+var errBreakerOpen = errors.New("store circuit breaker is open")
+
+// storeOptions is everything that identifies one store connection.
+type storeOptions struct {
+	urls            []string
+	username        string
+	password        string
+	sentinelMaster  string
+	timeout         time.Duration
+	breakerFailures int
+	breakerCooldown time.Duration
+	memoryLimit     int64
+}
+
+// guardedStore bounds every store call by a timeout and a circuit breaker,
+// so a dead or slow store costs requests nothing but a SKIP.
+type guardedStore struct {
+	backend store
+	timeout time.Duration
+	breaker *breaker
+	metrics *handlerMetrics
+}
+
+func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetrics) (*guardedStore, error) {
+	var backend store
+	if len(opts.urls) == 0 {
+		backend = newMemoryStore(opts.memoryLimit)
+	} else {
+		rs, err := newRedisStore(opts)
+		if err != nil {
+			return nil, err
+		}
+		backend = rs
+	}
+	g := &guardedStore{
+		backend: backend,
+		timeout: opts.timeout,
+		metrics: metrics,
+	}
+	g.breaker = newBreaker(opts.breakerFailures, opts.breakerCooldown, func(open bool, err error) {
+		metrics.setBreaker(backend.kind(), open)
+		if open {
+			logger.Warn("cache store unavailable; requests go straight to the upstream",
+				zap.String("store", backend.kind()), zap.Error(err))
+		} else {
+			logger.Warn("cache store available again; caching resumed", zap.String("store", backend.kind()))
+		}
+	})
+	metrics.setBreaker(backend.kind(), false)
+	return g, nil
+}
+
+// Destruct closes the backend when no config uses it any more.
+func (g *guardedStore) Destruct() error { return g.backend.close() }
+
+// call runs op under the breaker and the timeout.
+func (g *guardedStore) call(ctx context.Context, name string, op func(context.Context) error) error {
+	if !g.breaker.allow() {
+		return errBreakerOpen
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.timeout)
+	defer cancel()
+	start := time.Now()
+	err := op(ctx)
+	g.metrics.observeStore(name, time.Since(start), err)
+	g.breaker.record(err)
+	return err
+}
+
+func (g *guardedStore) get(ctx context.Context, key string, gens []string) (val []byte, cur []string, err error) {
+	err = g.call(ctx, "get", func(ctx context.Context) error {
+		val, cur, err = g.backend.get(ctx, key, gens)
+		return err
+	})
+	return val, cur, err
+}
+
+func (g *guardedStore) gens(ctx context.Context, gens []string) (cur []string, err error) {
+	err = g.call(ctx, "gens", func(ctx context.Context) error {
+		cur, err = g.backend.gens(ctx, gens)
+		return err
+	})
+	return cur, err
+}
+
+func (g *guardedStore) set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	return g.call(ctx, "set", func(ctx context.Context) error {
+		return g.backend.set(ctx, key, value, ttl)
+	})
+}
+
+func (g *guardedStore) del(ctx context.Context, keys ...string) (n int64, err error) {
+	err = g.call(ctx, "del", func(ctx context.Context) error {
+		n, err = g.backend.del(ctx, keys...)
+		return err
+	})
+	return n, err
+}
+
+func (g *guardedStore) bump(ctx context.Context, soft bool, ttl time.Duration, gens ...string) error {
+	return g.call(ctx, "bump", func(ctx context.Context) error {
+		return g.backend.bump(ctx, soft, ttl, gens...)
+	})
+}
+
+// scanDelete is not bounded by the per-request timeout: a pattern purge of a
+// million keys takes seconds, and it is run by an operator, not a client.
+func (g *guardedStore) scanDelete(ctx context.Context, match string, keep func(string) bool) (int64, error) {
+	if !g.breaker.allow() {
+		return 0, errBreakerOpen
+	}
+	n, err := g.backend.scanDelete(ctx, match, keep)
+	g.breaker.record(err)
+	return n, err
+}
+
+func (g *guardedStore) lock(ctx context.Context, key, token string, ttl time.Duration) (ok bool, err error) {
+	err = g.call(ctx, "lock", func(ctx context.Context) error {
+		ok, err = g.backend.lock(ctx, key, token, ttl)
+		return err
+	})
+	return ok, err
+}
+
+func (g *guardedStore) unlock(ctx context.Context, key, token string) error {
+	return g.call(ctx, "unlock", func(ctx context.Context) error {
+		return g.backend.unlock(ctx, key, token)
+	})
+}
+
+// breaker is a consecutive-failure circuit breaker. While open, calls fail
+// at once; after the cooldown one probe is let through, and its outcome
+// closes or re-opens the breaker.
+type breaker struct {
+	threshold int
+	cooldown  time.Duration
+	onChange  func(open bool, err error)
+
+	mu        sync.Mutex
+	failures  int
+	open      bool
+	openUntil time.Time
+	probing   bool
+	isOpen    atomic.Bool
+}
+
+func newBreaker(threshold int, cooldown time.Duration, onChange func(bool, error)) *breaker {
+	return &breaker{threshold: threshold, cooldown: cooldown, onChange: onChange}
+}
+
+func (b *breaker) allow() bool {
+	if !b.isOpen.Load() {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.open {
+		return true
+	}
+	if b.probing || time.Now().Before(b.openUntil) {
+		return false
+	}
+	b.probing = true
+	return true
+}
+
+func (b *breaker) record(err error) {
+	failed := err != nil && !errors.Is(err, errBreakerOpen) && !errors.Is(err, context.Canceled)
+	if !failed && !b.isOpen.Load() {
+		b.mu.Lock()
+		b.failures = 0
+		b.mu.Unlock()
+		return
+	}
+	b.mu.Lock()
+	var changed, nowOpen bool
+	if failed {
+		b.failures++
+		if b.open {
+			b.openUntil = time.Now().Add(b.cooldown)
+			b.probing = false
+		} else if b.failures >= b.threshold {
+			b.open, changed, nowOpen = true, true, true
+			b.openUntil = time.Now().Add(b.cooldown)
+			b.isOpen.Store(true)
+		}
+	} else if b.open {
+		b.open, b.probing, b.failures, changed = false, false, 0, true
+		b.isOpen.Store(false)
+	}
+	b.mu.Unlock()
+	if changed {
+		b.onChange(nowOpen, err)
+	}
+}
+
+// Entry encoding. A stored value is:
+//
+//	magic "RC" | version | kind | fields... | crc32c of everything before
+//
+// A value that fails any check decodes as an error, which the handler
+// treats as a miss and overwrites.
+const (
+	entryMagic0   = 'R'
+	entryMagic1   = 'C'
+	entryVersion  = 1
+	kindResponse  = 1
+	kindVaryIndex = 2
+)
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+var errCorrupt = errors.New("corrupt cache entry")
+
+// genStamp records the value a generation key had when an entry was stored.
+type genStamp struct {
+	key string
+	val string
+}
+
+// entry is a stored response, or a Vary index that points at variants.
+type entry struct {
+	kind       byte
+	status     int
+	storedAt   time.Time     // when the response was received
+	initialAge time.Duration // RFC 9111 §4.2.3 corrected_initial_age
+	freshFor   time.Duration
+	swr        time.Duration // stale-while-revalidate window
+	sie        time.Duration // stale-if-error window
+	noCache    bool          // must be revalidated before every use
+	gens       []genStamp
+	vary       []string // kindVaryIndex: header names; kindResponse: names the variant was keyed on
+	varyEpoch  string   // kindVaryIndex: changes whenever the index is re-created
+	header     http.Header
+	body       []byte
+}
+
+func appendString(b []byte, s string) []byte {
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+func (e *entry) encode() []byte {
+	size := 64 + len(e.body)
+	for k, vs := range e.header {
+		size += len(k) + 4
+		for _, v := range vs {
+			size += len(v) + 2
+		}
+	}
+	b := make([]byte, 0, size)
+	b = append(b, entryMagic0, entryMagic1, entryVersion, e.kind)
+	b = binary.AppendUvarint(b, uint64(e.status))
+	b = binary.AppendVarint(b, e.storedAt.UnixMicro())
+	b = binary.AppendVarint(b, int64(e.initialAge))
+	b = binary.AppendVarint(b, int64(e.freshFor))
+	b = binary.AppendVarint(b, int64(e.swr))
+	b = binary.AppendVarint(b, int64(e.sie))
+	if e.noCache {
+		b = append(b, 1)
+	} else {
+		b = append(b, 0)
+	}
+	b = binary.AppendUvarint(b, uint64(len(e.gens)))
+	for _, g := range e.gens {
+		b = appendString(b, g.key)
+		b = appendString(b, g.val)
+	}
+	b = binary.AppendUvarint(b, uint64(len(e.vary)))
+	for _, v := range e.vary {
+		b = appendString(b, v)
+	}
+	b = appendString(b, e.varyEpoch)
+	b = binary.AppendUvarint(b, uint64(len(e.header)))
+	for k, vs := range e.header {
+		b = appendString(b, k)
+		b = binary.AppendUvarint(b, uint64(len(vs)))
+		for _, v := range vs {
+			b = appendString(b, v)
+		}
+	}
+	b = binary.AppendUvarint(b, uint64(len(e.body)))
+	b = append(b, e.body...)
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
+}
+
+// decoder reads an encoded entry; the first error sticks.
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err = errCorrupt
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) varint() int64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(d.b)
+	if n <= 0 {
+		d.err = errCorrupt
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.err = errCorrupt
+		return nil
+	}
+	v := d.b[:n:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) str() string { return string(d.bytes()) }
+
+// count reads a length prefix, rejecting counts that could not possibly fit
+// in the remaining bytes, so a corrupt value cannot make us allocate much.
+func (d *decoder) count() int {
+	n := d.uvarint()
+	if n > uint64(len(d.b)) {
+		d.err = errCorrupt
+		return 0
+	}
+	return int(n)
+}
+
+func (d *decoder) byte() byte {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.b) == 0 {
+		d.err = errCorrupt
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
+// decodeEntry parses a stored value. The body aliases raw.
+func decodeEntry(raw []byte) (*entry, error) {
+	if len(raw) < 8 || raw[0] != entryMagic0 || raw[1] != entryMagic1 {
+		return nil, errCorrupt
+	}
+	if raw[2] != entryVersion {
+		return nil, fmt.Errorf("%w: unknown version %d", errCorrupt, raw[2])
+	}
+	payload := raw[:len(raw)-4]
+	if crc32.Checksum(payload, crcTable) != binary.BigEndian.Uint32(raw[len(raw)-4:]) {
+		return nil, fmt.Errorf("%w: checksum mismatch", errCorrupt)
+	}
+	d := &decoder{b: payload[4:]}
+	e := &entry{kind: raw[3]}
+	if e.kind != kindResponse && e.kind != kindVaryIndex {
+		return nil, fmt.Errorf("%w: unknown kind %d", errCorrupt, e.kind)
+	}
+	e.status = int(d.uvarint())
+	e.storedAt = time.UnixMicro(d.varint())
+	e.initialAge = time.Duration(d.varint())
+	e.freshFor = time.Duration(d.varint())
+	e.swr = time.Duration(d.varint())
+	e.sie = time.Duration(d.varint())
+	e.noCache = d.byte() == 1
+	if n := d.count(); n > 0 {
+		e.gens = make([]genStamp, n)
+		for i := range e.gens {
+			e.gens[i] = genStamp{key: d.str(), val: d.str()}
+		}
+	}
+	if n := d.count(); n > 0 {
+		e.vary = make([]string, n)
+		for i := range e.vary {
+			e.vary[i] = d.str()
+		}
+	}
+	e.varyEpoch = d.str()
+	nh := d.count()
+	e.header = make(http.Header, nh)
+	for i := 0; i < nh && d.err == nil; i++ {
+		name := d.str()
+		nv := d.count()
+		vals := make([]string, nv)
+		for j := range vals {
+			vals[j] = d.str()
+		}
+		e.header[name] = vals
+	}
+	e.body = d.bytes()
+	if d.err != nil {
+		return nil, d.err
+	}
+	if len(d.b) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes", errCorrupt, len(d.b))
+	}
+	if e.kind == kindResponse && (e.status < 100 || e.status > 599) {
+		return nil, fmt.Errorf("%w: status %d", errCorrupt, e.status)
+	}
+	return e, nil
+}
