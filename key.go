@@ -185,7 +185,7 @@ func variantKey(primary, epoch string, names []string, r *http.Request) string {
 
 // Generation keys. Route names cannot start with '_', so these never
 // collide with entry keys.
-func (h *Handler) allGenKey() string             { return h.Namespace + ":_g:all" }
+func (h *Handler) allGenKey() string              { return h.Namespace + ":_g:all" }
 func (h *Handler) routeGenKey(name string) string { return h.Namespace + ":_g:r:" + name }
 func (h *Handler) tagGenKey(tag string) string {
 	return h.Namespace + ":_g:t:" + escapeKeyPart(tag) + ":" + shortHash(tag)

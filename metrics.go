@@ -103,9 +103,11 @@ func (m *handlerMetrics) observeStore(op string, d time.Duration, err error) {
 	}
 }
 
-func (m *handlerMetrics) countPurge(kind string)                { m.purges.WithLabelValues(kind).Inc() }
-func (m *handlerMetrics) countCorrupt()                         { m.corrupt.Inc() }
-func (m *handlerMetrics) addStored(route string, n int)         { m.storedBytes.WithLabelValues(route).Add(float64(n)) }
+func (m *handlerMetrics) countPurge(kind string) { m.purges.WithLabelValues(kind).Inc() }
+func (m *handlerMetrics) countCorrupt()          { m.corrupt.Inc() }
+func (m *handlerMetrics) addStored(route string, n int) {
+	m.storedBytes.WithLabelValues(route).Add(float64(n))
+}
 func (m *handlerMetrics) observeUpstream(route string, d time.Duration) {
 	m.upstream.WithLabelValues(route).Observe(d.Seconds())
 }

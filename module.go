@@ -206,9 +206,9 @@ type Route struct {
 	keyRepl    bool
 	keyLiteral string // the key template with every placeholder empty
 	stats      routeStats
-	purgeURI  bool
-	routeGen  string
-	invalGens []string
+	purgeURI   bool
+	routeGen   string
+	invalGens  []string
 }
 
 // CaddyModule returns the Caddy module information.
