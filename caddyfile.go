@@ -39,10 +39,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		breaker <failures> <cooldown>
 //		memory_limit <size>
 //		max_entry_size <size>
+//		local_cache <size>
 //		max_ttl <duration>
 //		status <codes...>
 //		purge_header <name>
 //		tags_header <name>
+//		coalesce
 //		coalesce_wait <duration>
 //		route <name> <path-pattern> [<ttl>] {
 //			ttl <duration>
@@ -116,6 +118,11 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		err = durationArg(d, &h.MaxTTL)
 	case "coalesce_wait":
 		err = durationArg(d, &h.CoalesceWait)
+	case "coalesce":
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		h.Coalesce = true
 	case "breaker":
 		args := d.RemainingArgs()
 		if len(args) != 2 {
@@ -135,6 +142,8 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		h.MemoryLimit, err = sizeArg(d)
 	case "max_entry_size":
 		h.MaxEntrySize, err = sizeArg(d)
+	case "local_cache":
+		h.LocalCache, err = sizeArg(d)
 	case "status":
 		args := d.RemainingArgs()
 		if len(args) == 0 {

@@ -2,6 +2,8 @@ package rediscache
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"net/http"
 	"strconv"
@@ -146,6 +148,10 @@ type cacheRequest struct {
 func (cr *cacheRequest) serve(w http.ResponseWriter) error {
 	h := cr.h
 	cr.gens = append([]string{h.allGenKey(), cr.route.routeGen, cr.key.uriGen}, cr.tagGens...)
+	if e := cr.localHit(); e != nil {
+		age := e.age(time.Now())
+		return cr.serveEntry(w, e, resultHit, "hit; ttl="+strconv.FormatInt(int64((e.freshFor-age)/time.Second), 10))
+	}
 	e, fwd, err := cr.lookup()
 	if err != nil {
 		h.logStoreError("lookup", err)
@@ -167,9 +173,49 @@ func (cr *cacheRequest) serve(w http.ResponseWriter) error {
 	return cr.fetch(w, fwd)
 }
 
+// localHit returns a fresh entry from the in-process tier, if there is one
+// whose generations are all known to be current.
+func (cr *cacheRequest) localHit() *entry {
+	lt := cr.h.store.local
+	if lt == nil {
+		return nil
+	}
+	e := lt.get(cr.key.primary, func(idx *entry) string {
+		return variantKey(cr.key.primary, idx.varyEpoch, idx.vary, cr.r)
+	})
+	if e == nil || e.noCache || e.age(time.Now()) >= e.freshFor {
+		return nil
+	}
+	return e
+}
+
+// keepLocal offers an entry read from, or written to, the store to the
+// in-process tier, for as long as it stays fresh.
+func (cr *cacheRequest) keepLocal(key string, e *entry) {
+	lt := cr.h.store.local
+	if lt == nil {
+		return
+	}
+	if e.kind == kindVaryIndex {
+		lt.put(key, e, time.Duration(cr.h.MaxTTL))
+		return
+	}
+	if ttl := e.freshFor - e.age(time.Now()); ttl > 0 && !e.noCache {
+		lt.put(key, e, ttl)
+	}
+}
+
 // lookup finds a usable entry (fresh or stale) and, when there is none,
 // the Cache-Status fwd reason.
 func (cr *cacheRequest) lookup() (*entry, string, error) {
+	if lt := cr.h.store.local; lt != nil {
+		epoch := lt.readEpoch()
+		defer func() { lt.observeGens(epoch, cr.gens, cr.cur) }()
+	}
+	return cr.lookupStore()
+}
+
+func (cr *cacheRequest) lookupStore() (*entry, string, error) {
 	h := cr.h
 	raw, cur, err := h.store.get(cr.r.Context(), cr.key.primary, cr.gens)
 	if err != nil {
@@ -187,9 +233,12 @@ func (cr *cacheRequest) lookup() (*entry, string, error) {
 		}
 		return nil, "miss", nil
 	}
+	key := cr.key.primary
 	if e.kind == kindVaryIndex {
 		cr.varyIdx = e
-		raw, _, err = h.store.get(cr.r.Context(), variantKey(cr.key.primary, e.varyEpoch, e.vary, cr.r), nil)
+		cr.keepLocal(key, e)
+		key = variantKey(cr.key.primary, e.varyEpoch, e.vary, cr.r)
+		raw, _, err = h.store.get(cr.r.Context(), key, nil)
 		if err != nil {
 			return nil, "", err
 		}
@@ -208,6 +257,7 @@ func (cr *cacheRequest) lookup() (*entry, string, error) {
 	if !valid {
 		return nil, "miss", nil
 	}
+	cr.keepLocal(key, e)
 	return e, "", nil
 }
 
@@ -343,7 +393,82 @@ func (cr *cacheRequest) fetch(w http.ResponseWriter, fwd string) error {
 	}
 	var shared *fetched
 	defer func() { h.flights.finish(cr.key.primary, f, shared) }()
+	if h.Coalesce {
+		release, e := cr.coalesceAcrossInstances()
+		if e != nil {
+			shared = fetchedFromEntry(e, cr.r)
+			return cr.serveEntry(w, e, resultMiss, "fwd="+fwd+"; collapsed")
+		}
+		if release != nil {
+			defer release()
+		}
+	}
 	return cr.fetchDirect(w, fwd, &shared)
+}
+
+// coalesceAcrossInstances makes one Caddy among all those sharing the store
+// fetch a cold key. It either takes the key's lock (and returns its
+// release) or waits for the lock holder's entry, which it returns. With
+// neither, because the holder's answer was not storable, the wait timed
+// out or the store failed, the caller fetches by itself.
+func (cr *cacheRequest) coalesceAcrossInstances() (release func(), e *entry) {
+	h := cr.h
+	ctx := cr.r.Context()
+	lockKey := h.lockKey(cr.key.primary)
+	token := randomToken()
+	wait := time.Duration(h.CoalesceWait)
+	ok, err := h.store.lock(ctx, lockKey, token, wait)
+	if err != nil {
+		return nil, nil
+	}
+	if ok {
+		return func() { _ = h.store.unlock(context.WithoutCancel(ctx), lockKey, token) }, nil
+	}
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	tick := time.NewTicker(coalescePoll)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, nil
+		case <-deadline.C:
+			return nil, nil
+		case <-tick.C:
+		}
+		found, _, err := cr.lookup()
+		if err != nil {
+			return nil, nil
+		}
+		if found != nil && found.age(time.Now()) < found.freshFor && !found.noCache {
+			return nil, found
+		}
+		// The lock's value reads like a generation: zeroGen when absent.
+		held, err := h.store.gens(ctx, []string{lockKey})
+		if err != nil || held[0] == zeroGen {
+			return nil, nil
+		}
+	}
+}
+
+// coalescePoll is how often an instance waiting for another instance's
+// upstream request checks the store.
+const coalescePoll = 20 * time.Millisecond
+
+func randomToken() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// fetchedFromEntry lets local waiters share an entry that another instance
+// stored while this one waited.
+func fetchedFromEntry(e *entry, r *http.Request) *fetched {
+	res := &fetched{entry: e, vary: e.vary}
+	for _, name := range e.vary {
+		res.varyValues = append(res.varyValues, strings.Join(r.Header.Values(name), ", "))
+	}
+	return res
 }
 
 // fetchDirect performs the upstream request and stores the answer when it
@@ -356,11 +481,12 @@ func (cr *cacheRequest) fetchDirect(w http.ResponseWriter, fwd string, share **f
 	start := time.Now()
 	err := cr.next.ServeHTTP(cw, upReq)
 	h.metrics.observeUpstream(cr.route.Name, time.Since(start))
-	if cw.mode == modePassthrough {
+	mode := cw.finish()
+	if mode == modePassthrough {
 		cr.countResult(resultMiss)
 		return err
 	}
-	if err != nil || cw.mode == modeDiscard {
+	if err != nil || mode == modeDiscard {
 		if cr.stale != nil && cr.withinStale(cr.stale, cr.stale.age(time.Now()), cr.stale.sie) {
 			return cr.serveEntry(w, cr.stale, resultStale, "hit; fwd=stale; detail=stale-if-error")
 		}
@@ -372,7 +498,7 @@ func (cr *cacheRequest) fetchDirect(w http.ResponseWriter, fwd string, share **f
 		cr.countResult(resultMiss)
 		return nil
 	}
-	if cw.mode == modeNone {
+	if mode == modeNone {
 		// The upstream wrote nothing at all.
 		cr.countResult(resultMiss)
 		return nil
@@ -476,6 +602,7 @@ func (cr *cacheRequest) storeFetched(res *fetched) {
 				h.logStoreError("store", err)
 				return
 			}
+			cr.keepLocal(key, idx)
 		}
 		key = variantKey(cr.key.primary, epoch, res.vary, cr.r)
 	}
@@ -484,6 +611,7 @@ func (cr *cacheRequest) storeFetched(res *fetched) {
 		h.logStoreError("store", err)
 		return
 	}
+	cr.keepLocal(key, e)
 	h.metrics.addStored(cr.route.Name, len(raw))
 }
 

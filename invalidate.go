@@ -266,10 +266,15 @@ func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 		Healthy   bool           `json:"healthy"`
 		Info      map[string]any `json:"info"`
 		Routes    map[string]any `json:"routes"`
+		Local     map[string]any `json:"local_tier,omitempty"`
 	}
 	var out []storeJSON
 	for _, h := range uniqueHandlers() {
 		s := storeJSON{Namespace: h.Namespace, Healthy: !h.store.breaker.isOpen.Load(), Routes: map[string]any{}}
+		if lt := h.store.local; lt != nil {
+			n, size := lt.size()
+			s.Local = map[string]any{"entries": n, "bytes": size, "limit": lt.limit}
+		}
 		if s.Healthy {
 			ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 			s.Info = h.store.backend.info(ctx)

@@ -88,6 +88,13 @@ type Handler struct {
 	// when no Redis is configured. Default: 64 MiB.
 	MemoryLimit int64 `json:"memory_limit,omitempty"`
 
+	// LocalCache, when set with Redis, adds an in-process tier of this many
+	// bytes in front of Redis for hot keys, so that hits need no round
+	// trip. Purges reach every instance's tier through Redis pub/sub at
+	// once; should a notice be lost, a purged entry is served for at most
+	// one second. Default: off.
+	LocalCache int64 `json:"local_cache,omitempty"`
+
 	// MaxEntrySize is the largest response body that is stored. Larger
 	// bodies stream straight to the client and are not held in memory.
 	// Default: 4 MiB.
@@ -115,6 +122,13 @@ type Handler struct {
 	// the one request that went to the upstream, before they go themselves.
 	// Default: 10s.
 	CoalesceWait caddy.Duration `json:"coalesce_wait,omitempty"`
+
+	// Coalesce extends request coalescing across every Caddy sharing the
+	// store: on a miss, one instance takes a short lock in the store (SET NX
+	// PX, released by compare-and-delete) and fetches, while the others
+	// wait up to CoalesceWait for its entry. Within one instance, misses
+	// are always coalesced.
+	Coalesce bool `json:"coalesce,omitempty"`
 
 	// Routes are tried in order; the first whose path pattern matches the
 	// request handles it.
@@ -326,8 +340,8 @@ func (h *Handler) Validate() error {
 	if h.Timeout < 0 || h.BreakerCooldown < 0 || h.MaxTTL < 0 || h.CoalesceWait < 0 {
 		return fmt.Errorf("durations must not be negative")
 	}
-	if h.BreakerFailures < 0 || h.MemoryLimit < 0 || h.MaxEntrySize < 0 {
-		return fmt.Errorf("breaker_failures, memory_limit and max_entry_size must not be negative")
+	if h.BreakerFailures < 0 || h.MemoryLimit < 0 || h.MaxEntrySize < 0 || h.LocalCache < 0 {
+		return fmt.Errorf("breaker_failures, memory_limit, local_cache and max_entry_size must not be negative")
 	}
 	for _, code := range h.CacheableStatus {
 		if code < 100 || code > 599 {
@@ -413,6 +427,7 @@ func (h *Handler) obtainStore() (*guardedStore, string, error) {
 		breakerFailures: h.BreakerFailures,
 		breakerCooldown: time.Duration(h.BreakerCooldown),
 		memoryLimit:     h.MemoryLimit,
+		localLimit:      h.LocalCache,
 	}
 	for i, u := range h.Redis {
 		opts.urls[i] = repl.ReplaceKnown(u, "")
@@ -430,9 +445,9 @@ func (h *Handler) obtainStore() (*guardedStore, string, error) {
 // poolKey identifies a store configuration; the hash keeps secrets out of
 // anything that might print the key.
 func (o storeOptions) poolKey() string {
-	sum := sha256.Sum256([]byte(fmt.Sprintf("%q|%q|%q|%q|%s|%d|%s|%d",
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%q|%q|%q|%q|%s|%d|%s|%d|%d",
 		o.urls, o.username, o.password, o.sentinelMaster, o.timeout,
-		o.breakerFailures, o.breakerCooldown, o.memoryLimit)))
+		o.breakerFailures, o.breakerCooldown, o.memoryLimit, o.localLimit)))
 	return "redis_cache:" + hex.EncodeToString(sum[:16])
 }
 

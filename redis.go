@@ -342,3 +342,14 @@ func parseInfo(raw string) map[string]string {
 	}
 	return fields
 }
+
+// isReplyError reports whether Redis answered with an error reply, as
+// opposed to not answering at all.
+func isReplyError(err error) bool {
+	var reply redis.Error
+	return errors.As(err, &reply)
+}
+
+func (s *redisStore) publish(ctx context.Context, msg string) error {
+	return s.client.Publish(ctx, purgeChannel, msg).Err()
+}

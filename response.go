@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -32,7 +33,17 @@ type captureWriter struct {
 	mode   captureMode
 	buf    bytes.Buffer
 	plan   storePlan
+
+	// mu guards the mode against streamTimer, which turns a response of
+	// unknown length that is still arriving into a stream.
+	mu          sync.Mutex
+	streamTimer *time.Timer
 }
+
+// streamWindow is how long a response of unknown length may take to
+// complete before it is treated as a stream (long polling, a chunked feed
+// without end) and sent on to the client as it arrives.
+const streamWindow = time.Second
 
 // storePlan is the freshness information of a storable response.
 type storePlan struct {
@@ -50,6 +61,12 @@ func newCaptureWriter(w http.ResponseWriter, cr *cacheRequest, fwd string) *capt
 func (cw *captureWriter) Header() http.Header { return cw.header }
 
 func (cw *captureWriter) WriteHeader(code int) {
+	cw.mu.Lock()
+	defer cw.mu.Unlock()
+	cw.writeHeaderLocked(code)
+}
+
+func (cw *captureWriter) writeHeaderLocked(code int) {
 	if cw.mode != modeNone {
 		return
 	}
@@ -64,6 +81,9 @@ func (cw *captureWriter) WriteHeader(code int) {
 	case reason == "":
 		cw.plan = plan
 		cw.mode = modeBuffer
+		if cw.header.Get("Content-Length") == "" {
+			cw.streamTimer = time.AfterFunc(streamWindow, cw.becomeStream)
+		}
 	case cw.cr.stale != nil && isServerError(code):
 		cw.mode = modeDiscard
 	default:
@@ -90,18 +110,49 @@ func (cw *captureWriter) passthrough(reason string) {
 	cw.w.WriteHeader(cw.status)
 }
 
+// becomeStream sends a response that is taking too long to complete on to
+// the client, with what has arrived so far.
+func (cw *captureWriter) becomeStream() {
+	cw.mu.Lock()
+	defer cw.mu.Unlock()
+	if cw.mode != modeBuffer {
+		return
+	}
+	cw.spill("streaming")
+	_ = http.NewResponseController(cw.w).Flush()
+}
+
+// spill switches a buffered response to passthrough, sending the part
+// already held.
+func (cw *captureWriter) spill(reason string) error {
+	cw.passthrough(reason)
+	_, err := cw.w.Write(cw.buf.Bytes())
+	cw.buf = bytes.Buffer{}
+	return err
+}
+
+// finish stops the stream timer and reports the final mode.
+func (cw *captureWriter) finish() captureMode {
+	cw.mu.Lock()
+	defer cw.mu.Unlock()
+	if cw.streamTimer != nil {
+		cw.streamTimer.Stop()
+	}
+	return cw.mode
+}
+
 func (cw *captureWriter) Write(p []byte) (int, error) {
+	cw.mu.Lock()
+	defer cw.mu.Unlock()
 	if cw.mode == modeNone {
-		cw.WriteHeader(http.StatusOK)
+		cw.writeHeaderLocked(http.StatusOK)
 	}
 	switch cw.mode {
 	case modeBuffer:
 		if int64(cw.buf.Len()+len(p)) > cw.cr.h.MaxEntrySize {
-			cw.passthrough("too-large")
-			if _, err := cw.w.Write(cw.buf.Bytes()); err != nil {
+			if err := cw.spill("too-large"); err != nil {
 				return 0, err
 			}
-			cw.buf = bytes.Buffer{}
 			return cw.w.Write(p)
 		}
 		return cw.buf.Write(p)
@@ -115,6 +166,8 @@ func (cw *captureWriter) Write(p []byte) (int, error) {
 // Flush is honoured only once the response streams through; a response
 // being held for the store is sent whole at the end.
 func (cw *captureWriter) Flush() {
+	cw.mu.Lock()
+	defer cw.mu.Unlock()
 	if cw.mode == modePassthrough {
 		_ = http.NewResponseController(cw.w).Flush()
 	}

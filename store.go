@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -54,6 +55,7 @@ type storeOptions struct {
 	breakerFailures int
 	breakerCooldown time.Duration
 	memoryLimit     int64
+	localLimit      int64
 }
 
 // guardedStore bounds every store call by a timeout and a circuit breaker,
@@ -63,15 +65,20 @@ type guardedStore struct {
 	timeout time.Duration
 	breaker *breaker
 	metrics *handlerMetrics
+
+	local      *localTier // nil unless local_cache is set and Redis is used
+	publisher  func(ctx context.Context, msg string) error
+	stopListen context.CancelFunc
 }
 
 func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetrics) (*guardedStore, error) {
 	var backend store
+	var rs *redisStore
 	if len(opts.urls) == 0 {
 		backend = newMemoryStore(opts.memoryLimit)
 	} else {
-		rs, err := newRedisStore(opts)
-		if err != nil {
+		var err error
+		if rs, err = newRedisStore(opts); err != nil {
 			return nil, err
 		}
 		backend = rs
@@ -80,6 +87,13 @@ func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetr
 		backend: backend,
 		timeout: opts.timeout,
 		metrics: metrics,
+	}
+	if rs != nil && opts.localLimit > 0 {
+		g.local = newLocalTier(opts.localLimit)
+		g.publisher = rs.publish
+		ctx, cancel := context.WithCancel(context.Background())
+		g.stopListen = cancel
+		go g.local.listen(ctx, rs.client)
 	}
 	g.breaker = newBreaker(opts.breakerFailures, opts.breakerCooldown, func(open bool, err error) {
 		metrics.setBreaker(backend.kind(), open)
@@ -95,7 +109,22 @@ func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetr
 }
 
 // Destruct closes the backend when no config uses it any more.
-func (g *guardedStore) Destruct() error { return g.backend.close() }
+func (g *guardedStore) Destruct() error {
+	if g.stopListen != nil {
+		g.stopListen()
+	}
+	return g.backend.close()
+}
+
+// notify applies a purge notice to this instance's local tier at once and
+// publishes it to the other instances.
+func (g *guardedStore) notify(ctx context.Context, msg string) {
+	if g.local == nil {
+		return
+	}
+	g.local.handleNotice(msg)
+	_ = g.call(ctx, "publish", func(ctx context.Context) error { return g.publisher(ctx, msg) })
+}
 
 // call runs op under the breaker and the timeout.
 func (g *guardedStore) call(ctx context.Context, name string, op func(context.Context) error) error {
@@ -138,13 +167,20 @@ func (g *guardedStore) del(ctx context.Context, keys ...string) (n int64, err er
 		n, err = g.backend.del(ctx, keys...)
 		return err
 	})
+	if err == nil {
+		g.notify(ctx, "clear")
+	}
 	return n, err
 }
 
 func (g *guardedStore) bump(ctx context.Context, soft bool, ttl time.Duration, gens ...string) error {
-	return g.call(ctx, "bump", func(ctx context.Context) error {
+	err := g.call(ctx, "bump", func(ctx context.Context) error {
 		return g.backend.bump(ctx, soft, ttl, gens...)
 	})
+	if err == nil {
+		g.notify(ctx, "g "+strings.Join(gens, " "))
+	}
+	return err
 }
 
 // scanDelete is not bounded by the per-request timeout: a pattern purge of a
@@ -155,6 +191,7 @@ func (g *guardedStore) scanDelete(ctx context.Context, match string, keep func(s
 	}
 	n, err := g.backend.scanDelete(ctx, match, keep)
 	g.breaker.record(err)
+	g.notify(ctx, "clear")
 	return n, err
 }
 
@@ -209,7 +246,9 @@ func (b *breaker) allow() bool {
 }
 
 func (b *breaker) record(err error) {
-	failed := err != nil && !errors.Is(err, errBreakerOpen) && !errors.Is(err, context.Canceled)
+	// A reply error (OOM under noeviction, a script error) means the store
+	// is up and answering; only failures to reach it count.
+	failed := err != nil && !errors.Is(err, errBreakerOpen) && !errors.Is(err, context.Canceled) && !isReplyError(err)
 	if !failed && !b.isOpen.Load() {
 		b.mu.Lock()
 		b.failures = 0
