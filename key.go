@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"hash"
 	"net/http"
 	"path"
 	"sort"
@@ -122,19 +121,28 @@ func isKeySafe(c byte) bool {
 }
 
 // keyHasher hashes a sequence of length-prefixed fields, so that no choice
-// of field contents can make two different sequences collide.
-type keyHasher struct{ h hash.Hash }
-
-func newKeyHasher() keyHasher { return keyHasher{h: sha256.New()} }
-
-func (k keyHasher) add(s string) {
-	var n [binary.MaxVarintLen64]byte
-	k.h.Write(n[:binary.PutUvarint(n[:], uint64(len(s)))])
-	k.h.Write([]byte(s))
+// of field contents can make two different sequences collide. Fields are
+// gathered in one buffer and hashed at once, which costs no allocation for
+// keys of ordinary size.
+type keyHasher struct {
+	buf     []byte
+	scratch [256]byte
 }
 
-func (k keyHasher) sum(n int) string {
-	return hex.EncodeToString(k.h.Sum(nil)[:n])
+func (k *keyHasher) add(s string) {
+	if k.buf == nil {
+		k.buf = k.scratch[:0]
+	}
+	k.buf = binary.AppendUvarint(k.buf, uint64(len(s)))
+	k.buf = append(k.buf, s...)
+}
+
+// sum returns the first n bytes of the SHA-256 of the fields, in hex.
+func (k *keyHasher) sum(n int) string {
+	digest := sha256.Sum256(k.buf)
+	var out [64]byte
+	hex.Encode(out[:], digest[:n])
+	return string(out[:2*n])
 }
 
 // requestKey is everything the handler derives from a cacheable request.
@@ -151,7 +159,7 @@ type requestKey struct {
 func (h *Handler) buildKey(r *http.Request, rt *Route, normPath, keyPart string) requestKey {
 	host := strings.ToLower(r.Host)
 	query := sortedQuery(r.URL.RawQuery)
-	kh := newKeyHasher()
+	var kh keyHasher
 	kh.add(requestScheme(r))
 	kh.add(host)
 	kh.add(normPath)
@@ -174,7 +182,7 @@ func (h *Handler) buildKey(r *http.Request, rt *Route, normPath, keyPart string)
 
 // variantKey is the key of one Vary variant under a Vary index.
 func variantKey(primary, epoch string, names []string, r *http.Request) string {
-	kh := newKeyHasher()
+	var kh keyHasher
 	kh.add(epoch)
 	for _, name := range names {
 		kh.add(name)
@@ -192,7 +200,7 @@ func (h *Handler) tagGenKey(tag string) string {
 }
 
 func (h *Handler) uriGenKey(scheme, host, normPath, query string) string {
-	kh := newKeyHasher()
+	var kh keyHasher
 	kh.add(scheme)
 	kh.add(host)
 	kh.add(normPath)
@@ -205,7 +213,7 @@ func (h *Handler) lockKey(primary string) string {
 }
 
 func shortHash(s string) string {
-	kh := newKeyHasher()
+	var kh keyHasher
 	kh.add(s)
 	return kh.sum(8)
 }

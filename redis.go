@@ -123,7 +123,7 @@ func (s *redisStore) get(ctx context.Context, key string, gens []string) ([]byte
 		genCmds[i] = pipe.Get(ctx, g)
 	}
 	_, err := pipe.Exec(ctx)
-	if err != nil && !errors.Is(err, redis.Nil) {
+	if err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "WRONGTYPE") {
 		return nil, nil, err
 	}
 	cur, err := genValues(genCmds)
@@ -133,6 +133,11 @@ func (s *redisStore) get(ctx context.Context, key string, gens []string) ([]byte
 	val, err := valCmd.Bytes()
 	if errors.Is(err, redis.Nil) {
 		return nil, cur, nil
+	}
+	if redis.HasErrorPrefix(err, "WRONGTYPE") {
+		// A foreign value of another type: a miss (it decodes as corrupt)
+		// that the next SET overwrites, not a store failure.
+		return []byte{}, cur, nil
 	}
 	return val, cur, err
 }

@@ -1,0 +1,123 @@
+package rediscache
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// benchHandler provisions a handler outside a running Caddy, in front of a
+// trivial upstream that answers body.
+func benchHandler(b *testing.B, h *Handler, body []byte) (*Handler, caddyhttp.Handler) {
+	b.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	b.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if err := h.Validate(); err != nil {
+		b.Fatal(err)
+	}
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		w.Header().Set("Content-Type", "application/json")
+		_, err := w.Write(body)
+		return err
+	})
+	return h, next
+}
+
+func benchRoutes() []*Route {
+	return []*Route{{Name: "api", Path: "/api/*", TTL: caddy.Duration(time.Hour)}}
+}
+
+// discardRecorder is a minimal ResponseWriter, so the benchmark measures
+// the handler rather than httptest's bookkeeping.
+type discardRecorder struct {
+	header http.Header
+	status int
+}
+
+func (d *discardRecorder) Header() http.Header         { return d.header }
+func (d *discardRecorder) Write(p []byte) (int, error) { return len(p), nil }
+func (d *discardRecorder) WriteHeader(code int)        { d.status = code }
+
+func runHitBenchmark(b *testing.B, h *Handler, next caddyhttp.Handler) {
+	req := httptest.NewRequest("GET", "http://example.com/api/dashboard?x=1", nil)
+	warm := &discardRecorder{header: http.Header{}}
+	if err := h.ServeHTTP(warm, req, next); err != nil {
+		b.Fatal(err)
+	}
+	check := &discardRecorder{header: http.Header{}}
+	if err := h.ServeHTTP(check, req, next); err != nil || check.header.Get("X-Cache") != resultHit {
+		b.Fatalf("warm-up did not produce a hit: %v %v", err, check.header)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		w := &discardRecorder{header: make(http.Header, 16)}
+		for pb.Next() {
+			clear(w.header)
+			if err := h.ServeHTTP(w, req, next); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
+
+var benchBody = []byte(`{"data":"` + strings.Repeat("x", 1000) + `"}`)
+
+func BenchmarkHitMemory(b *testing.B) {
+	h, next := benchHandler(b, &Handler{Routes: benchRoutes()}, benchBody)
+	runHitBenchmark(b, h, next)
+}
+
+func BenchmarkHitRedis(b *testing.B) {
+	rs := startRedis(b)
+	h, next := benchHandler(b, &Handler{Redis: []string{rs.URL()}, Routes: benchRoutes()}, benchBody)
+	runHitBenchmark(b, h, next)
+}
+
+func BenchmarkHitRedisLocalTier(b *testing.B) {
+	rs := startRedis(b)
+	h, next := benchHandler(b, &Handler{Redis: []string{rs.URL()}, LocalCache: 64 << 20, Routes: benchRoutes()}, benchBody)
+	runHitBenchmark(b, h, next)
+}
+
+func BenchmarkBuildKey(b *testing.B) {
+	rt := &Route{Name: "dash", Path: "/api/*", Vary: []string{"Accept-Language"}}
+	h := testHandler(rt)
+	req := httptest.NewRequest("GET", "http://example.com/api/dashboard?b=2&a=1", nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		p, _ := normalizedPath(req)
+		_ = h.buildKey(req, rt, p, "user-123")
+	}
+}
+
+func BenchmarkEntryEncode(b *testing.B) {
+	e := sampleEntry()
+	e.body = benchBody
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = e.encode()
+	}
+}
+
+func BenchmarkEntryDecode(b *testing.B) {
+	e := sampleEntry()
+	e.body = benchBody
+	raw := e.encode()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := decodeEntry(raw); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
