@@ -44,6 +44,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		status <codes...>
 //		purge_header <name>
 //		tags_header <name>
+//		request_cache_control ignore|honor
 //		coalesce
 //		coalesce_wait <duration>
 //		route <name> <path-pattern> [<ttl>] {
@@ -116,6 +117,10 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		err = durationArg(d, &h.Timeout)
 	case "max_ttl":
 		err = durationArg(d, &h.MaxTTL)
+	case "request_cache_control":
+		if h.RequestCacheControl, err = singleArg(d); err == nil && h.RequestCacheControl != "ignore" && h.RequestCacheControl != "honor" {
+			return d.Errf("request_cache_control %q: must be 'ignore' or 'honor'", h.RequestCacheControl)
+		}
 	case "coalesce_wait":
 		err = durationArg(d, &h.CoalesceWait)
 	case "coalesce":

@@ -90,8 +90,6 @@ func (h *Handler) uncacheableRequest(r *http.Request, rt *Route, canonical bool)
 		return "request-body"
 	case r.Header.Get("Range") != "":
 		return "range"
-	case !rt.keyRepl && r.Header.Get("Authorization") != "":
-		return "authorization"
 	case !rt.keyRepl && r.Header.Get("Cookie") != "":
 		return "cookie"
 	}
@@ -117,16 +115,14 @@ func (h *Handler) requestTagGens(r *http.Request, rt *Route) []string {
 func (h *Handler) bypass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rt *Route, fwd, detail string) error {
 	h.metrics.countRequest(rt.Name, resultSkip)
 	rt.stats.skips.Add(1)
-	sw := &stampWriter{ResponseWriter: w, h: h, xcache: resultSkip, status: cacheStatusFwd(fwd, detail)}
+	sw := &stampWriter{ResponseWriter: w, h: h, xcache: resultSkip, fwd: fwd, detail: detail}
 	return next.ServeHTTP(sw, r)
 }
 
-func cacheStatusFwd(fwd, detail string) string {
-	s := cacheStatusName + "; fwd=" + fwd
-	if detail != "" {
-		s += "; detail=" + detail
-	}
-	return s
+// authenticated reports whether the request carries credentials that the
+// route's key does not account for.
+func (cr *cacheRequest) authenticated() bool {
+	return !cr.route.keyRepl && cr.r.Header.Get("Authorization") != ""
 }
 
 // cacheRequest carries one cacheable GET or HEAD through lookup, fetch and
@@ -143,34 +139,61 @@ type cacheRequest struct {
 	cur     []string // their current values
 	stale   *entry   // an expired entry that may still be served
 	varyIdx *entry   // the Vary index found at the primary key
+	reqCC   requestDirectives
 }
 
 func (cr *cacheRequest) serve(w http.ResponseWriter) error {
 	h := cr.h
 	cr.gens = append([]string{h.allGenKey(), cr.route.routeGen, cr.key.uriGen}, cr.tagGens...)
-	if e := cr.localHit(); e != nil {
-		age := e.age(time.Now())
-		return cr.serveEntry(w, e, resultHit, "hit; ttl="+strconv.FormatInt(int64((e.freshFor-age)/time.Second), 10))
+	cr.reqCC = cr.requestDirectives()
+	if cr.reqCC.forceMiss {
+		return cr.fetch(w, "request")
+	}
+	if e := cr.localHit(); e != nil && cr.reqCC.acceptsFresh(e, time.Now()) {
+		return cr.serveEntry(w, e, resultHit, "hit; ttl="+ttlSeconds(e, time.Now()))
 	}
 	e, fwd, err := cr.lookup()
 	if err != nil {
 		h.logStoreError("lookup", err)
 		return h.bypass(w, cr.r, cr.next, cr.route, "bypass", "store-unavailable")
 	}
+	now := time.Now()
 	if e != nil {
-		age := e.age(time.Now())
-		if age < e.freshFor && !e.noCache && !cr.softPurged(e) {
-			return cr.serveEntry(w, e, resultHit, "hit; ttl="+strconv.FormatInt(int64((e.freshFor-age)/time.Second), 10))
+		if cr.reqCC.acceptsFresh(e, now) && !cr.softPurged(e) {
+			return cr.serveEntry(w, e, resultHit, "hit; ttl="+ttlSeconds(e, now))
 		}
 		cr.stale = e
 		fwd = "stale"
-		if cr.withinStale(e, age, e.swr) {
+		if cr.reqCC.acceptsStale(e, now) {
+			return cr.serveEntry(w, e, resultStale, "hit; ttl="+ttlSeconds(e, now)+"; detail=max-stale")
+		}
+		if !e.noCache && cr.withinStale(e, e.age(now), e.swr) {
 			cr.refreshInBackground()
-			ttl := int64((e.freshFor - age) / time.Second)
-			return cr.serveEntry(w, e, resultStale, "hit; fwd=stale; ttl="+strconv.FormatInt(ttl, 10))
+			return cr.serveEntry(w, e, resultStale, "fwd=stale; ttl="+ttlSeconds(e, now)+"; detail=stale-while-revalidate")
 		}
 	}
+	if cr.reqCC.onlyIfCached {
+		return cr.gatewayTimeout(w, fwd)
+	}
 	return cr.fetch(w, fwd)
+}
+
+// ttlSeconds is the entry's remaining freshness for Cache-Status; it is
+// negative once the entry is stale.
+func ttlSeconds(e *entry, now time.Time) string {
+	return strconv.FormatInt(int64((e.freshFor-e.age(now))/time.Second), 10)
+}
+
+// gatewayTimeout answers an only-if-cached request that the cache cannot
+// satisfy (RFC 9111 §5.2.1.7).
+func (cr *cacheRequest) gatewayTimeout(w http.ResponseWriter, fwd string) error {
+	cr.countResult(resultMiss)
+	hdr := w.Header()
+	hdr.Set("X-Cache", resultMiss)
+	hdr.Add("Cache-Status", cacheStatusName+"; fwd="+fwd+"; detail=only-if-cached")
+	hdr.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusGatewayTimeout)
+	return nil
 }
 
 // localHit returns a fresh entry from the in-process tier, if there is one
@@ -329,9 +352,13 @@ func (cr *cacheRequest) withinStale(e *entry, age, window time.Duration) bool {
 // serveEntry writes a stored response to the client, answering a matching
 // conditional request with 304.
 func (cr *cacheRequest) serveEntry(w http.ResponseWriter, e *entry, xcache, status string) error {
-	h := cr.h
-	h.metrics.countRequest(cr.route.Name, xcache)
-	cr.route.stats.count(xcache)
+	return cr.serveEntryAs(w, e, xcache, status, true)
+}
+
+func (cr *cacheRequest) serveEntryAs(w http.ResponseWriter, e *entry, xcache, status string, count bool) error {
+	if count {
+		cr.countResult(xcache)
+	}
 	hdr := w.Header()
 	for name, vals := range e.header {
 		hdr[name] = vals
@@ -488,7 +515,11 @@ func (cr *cacheRequest) fetchDirect(w http.ResponseWriter, fwd string, share **f
 	}
 	if err != nil || mode == modeDiscard {
 		if cr.stale != nil && cr.withinStale(cr.stale, cr.stale.age(time.Now()), cr.stale.sie) {
-			return cr.serveEntry(w, cr.stale, resultStale, "hit; fwd=stale; detail=stale-if-error")
+			status := "fwd=stale; ttl=" + ttlSeconds(cr.stale, time.Now()) + "; detail=stale-if-error"
+			if cw.status != 0 {
+				status = "fwd=stale; fwd-status=" + strconv.Itoa(cw.status) + "; ttl=" + ttlSeconds(cr.stale, time.Now()) + "; detail=stale-if-error"
+			}
+			return cr.serveEntry(w, cr.stale, resultStale, status)
 		}
 		if err != nil {
 			cr.countResult(resultMiss)
@@ -503,12 +534,64 @@ func (cr *cacheRequest) fetchDirect(w http.ResponseWriter, fwd string, share **f
 		cr.countResult(resultMiss)
 		return nil
 	}
+	if mode == modeRevalidated {
+		return cr.serveRevalidated(w, cw, share)
+	}
 	res := cw.result(start)
 	if share != nil {
 		*share = res
 	}
 	cr.countResult(resultMiss)
-	if err := cr.writeFetched(w, res, "fwd="+fwd+"; stored"); err != nil {
+	if err := cr.writeFetched(w, res, "fwd="+fwd+"; fwd-status="+strconv.Itoa(res.entry.status)+"; stored"); err != nil {
+		return err
+	}
+	cr.storeFetched(res)
+	return nil
+}
+
+// serveRevalidated handles the upstream's 304 to a conditional request
+// for a stale entry: the stored response gets the 304's header fields (RFC
+// 9111 §3.2) and new freshness, and is served and stored again.
+func (cr *cacheRequest) serveRevalidated(w http.ResponseWriter, cw *captureWriter, share **fetched) error {
+	h := cr.h
+	old := cr.stale
+	hdr := old.header.Clone()
+	for name, vals := range cw.header {
+		if name == "Content-Length" || isHopByHop(name) {
+			continue
+		}
+		hdr[name] = vals
+	}
+	plan, reason := h.cacheability(cr, old.status, hdr, cw.start)
+	h.stripInternal(hdr)
+	hdr.Del("Age")
+	hdr.Del("X-Cache")
+	e := &entry{
+		kind:       kindResponse,
+		status:     old.status,
+		storedAt:   plan.responseTime,
+		initialAge: plan.initialAge,
+		freshFor:   plan.freshFor,
+		swr:        plan.swr,
+		sie:        plan.sie,
+		noCache:    plan.noCache,
+		vary:       old.vary,
+		header:     hdr,
+		body:       old.body,
+	}
+	cr.countResult(resultHit)
+	if reason != "" {
+		e.storedAt, e.initialAge = time.Now(), 0
+		return cr.serveEntry(w, e, resultHit, "fwd=stale; fwd-status=304; detail="+reason)
+	}
+	res := &fetched{entry: e, storeTTL: plan.storeTTL, vary: old.vary}
+	for _, name := range old.vary {
+		res.varyValues = append(res.varyValues, strings.Join(cr.r.Header.Values(name), ", "))
+	}
+	if share != nil {
+		*share = res
+	}
+	if err := cr.serveEntryAs(w, e, resultHit, "fwd=stale; fwd-status=304; stored", false); err != nil {
 		return err
 	}
 	cr.storeFetched(res)
@@ -525,7 +608,9 @@ func (cr *cacheRequest) countResult(xcache string) {
 // upstream answers in full; the client still gets its 304 from us.
 func (cr *cacheRequest) upstreamRequest() *http.Request {
 	r := cr.r
-	if r.Method == http.MethodGet && r.Header.Get("If-None-Match") == "" && r.Header.Get("If-Modified-Since") == "" {
+	etag, lastModified := cr.staleValidators()
+	if r.Method == http.MethodGet && etag == "" && lastModified == "" &&
+		r.Header.Get("If-None-Match") == "" && r.Header.Get("If-Modified-Since") == "" {
 		return r
 	}
 	up := r.Clone(r.Context())
@@ -533,7 +618,22 @@ func (cr *cacheRequest) upstreamRequest() *http.Request {
 	for _, name := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range"} {
 		up.Header.Del(name)
 	}
+	if etag != "" {
+		up.Header.Set("If-None-Match", etag)
+	}
+	if lastModified != "" {
+		up.Header.Set("If-Modified-Since", lastModified)
+	}
 	return up
+}
+
+// staleValidators returns the validators of the stale entry being
+// replaced, with which the upstream request becomes a revalidation.
+func (cr *cacheRequest) staleValidators() (etag, lastModified string) {
+	if cr.stale == nil {
+		return "", ""
+	}
+	return cr.stale.header.Get("ETag"), cr.stale.header.Get("Last-Modified")
 }
 
 // serveFetched answers a coalesced waiter from the leader's response.
@@ -650,7 +750,7 @@ func (cr *cacheRequest) refreshInBackground() {
 		return
 	}
 	bgReq := cr.r.Clone(context.WithoutCancel(cr.r.Context()))
-	bg := &cacheRequest{h: h, route: cr.route, r: bgReq, next: cr.next, key: cr.key, tagGens: cr.tagGens, gens: cr.gens, cur: cr.cur, varyIdx: cr.varyIdx}
+	bg := &cacheRequest{h: h, route: cr.route, r: bgReq, next: cr.next, key: cr.key, tagGens: cr.tagGens, gens: cr.gens, cur: cr.cur, varyIdx: cr.varyIdx, stale: cr.stale}
 	h.background.Add(1)
 	go func() {
 		defer h.background.Done()

@@ -24,7 +24,7 @@ func init() {
 func (h *Handler) serveMutation(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rt *Route, normPath string) error {
 	h.metrics.countRequest(rt.Name, resultSkip)
 	rt.stats.skips.Add(1)
-	sw := &stampWriter{ResponseWriter: w, h: h, xcache: resultSkip, status: cacheStatusFwd("method", "")}
+	sw := &stampWriter{ResponseWriter: w, h: h, xcache: resultSkip, fwd: "method"}
 	sw.onHeader = func(code int, hdr http.Header) {
 		if code < 200 || code >= 400 {
 			return

@@ -165,6 +165,11 @@ func (h *Handler) buildKey(r *http.Request, rt *Route, normPath, keyPart string)
 	kh.add(normPath)
 	kh.add(query)
 	kh.add(keyPart)
+	// Requests with credentials the key does not capture share entries only
+	// among themselves, and only what the origin marked shareable (§3.5).
+	if !rt.keyRepl && r.Header.Get("Authorization") != "" {
+		kh.add("authenticated")
+	}
 	for _, name := range rt.Vary {
 		kh.add(name)
 		kh.add(strings.Join(r.Header.Values(name), ", "))

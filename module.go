@@ -26,7 +26,7 @@ func init() {
 const (
 	defaultNamespace       = "rcache"
 	defaultTimeout         = 100 * time.Millisecond
-	defaultBreakerFailures = 3
+	defaultBreakerFailures = 5
 	defaultBreakerCooldown = 2 * time.Second
 	defaultMemoryLimit     = 64 << 20
 	defaultMaxEntrySize    = 4 << 20
@@ -77,7 +77,7 @@ type Handler struct {
 
 	// BreakerFailures is how many consecutive store failures open the
 	// circuit breaker; while it is open the store is not contacted and
-	// requests skip the cache. Default: 3.
+	// requests skip the cache. Default: 5.
 	BreakerFailures int `json:"breaker_failures,omitempty"`
 
 	// BreakerCooldown is how long the breaker stays open before one probe
@@ -130,21 +130,28 @@ type Handler struct {
 	// are always coalesced.
 	Coalesce bool `json:"coalesce,omitempty"`
 
+	// RequestCacheControl chooses how clients' Cache-Control request
+	// directives are treated: "ignore" (the default, which protects the
+	// origin: clients cannot force misses) obeys only only-if-cached;
+	// "honor" also obeys no-cache, max-age, min-fresh and max-stale.
+	RequestCacheControl string `json:"request_cache_control,omitempty"`
+
 	// Routes are tried in order; the first whose path pattern matches the
 	// request handles it.
 	Routes []*Route `json:"routes,omitempty"`
 
-	store        *guardedStore
-	storeKey     string
-	logger       *zap.Logger
-	purgeMethods map[string]bool
-	cacheable    map[int]bool
-	routeByName  map[string]*Route
-	flights      *flightGroup
-	metrics      *handlerMetrics
-	genTTL       time.Duration
-	ctx          caddy.Context
-	background   *sync.WaitGroup
+	store          *guardedStore
+	storeKey       string
+	logger         *zap.Logger
+	purgeMethods   map[string]bool
+	cacheable      map[int]bool
+	routeByName    map[string]*Route
+	flights        *flightGroup
+	metrics        *handlerMetrics
+	genTTL         time.Duration
+	ctx            caddy.Context
+	honorRequestCC bool
+	background     *sync.WaitGroup
 }
 
 // Route is one named set of cache rules for a path pattern.
@@ -252,6 +259,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.cacheable[code] = true
 	}
 	h.genTTL = time.Duration(h.MaxTTL) + time.Hour
+	h.honorRequestCC = h.RequestCacheControl == "honor"
 	h.flights = newFlightGroup()
 
 	metrics, err := provisionMetrics(ctx)
@@ -342,6 +350,11 @@ func (h *Handler) Validate() error {
 	}
 	if h.BreakerFailures < 0 || h.MemoryLimit < 0 || h.MaxEntrySize < 0 || h.LocalCache < 0 {
 		return fmt.Errorf("breaker_failures, memory_limit, local_cache and max_entry_size must not be negative")
+	}
+	switch h.RequestCacheControl {
+	case "", "ignore", "honor":
+	default:
+		return fmt.Errorf("request_cache_control %q: must be 'ignore' or 'honor'", h.RequestCacheControl)
 	}
 	for _, code := range h.CacheableStatus {
 		if code < 100 || code > 599 {

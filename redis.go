@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,12 +48,15 @@ func newRedisStore(opts storeOptions) (*redisStore, error) {
 // must agree on credentials, TLS and database; the first one sets them.
 func universalOptions(opts storeOptions) (*redis.UniversalOptions, error) {
 	uo := &redis.UniversalOptions{
-		MasterName:            opts.sentinelMaster,
-		Protocol:              2,
-		DialTimeout:           opts.timeout,
-		ReadTimeout:           opts.timeout,
-		WriteTimeout:          opts.timeout,
-		PoolTimeout:           opts.timeout,
+		MasterName:   opts.sentinelMaster,
+		Protocol:     2,
+		DialTimeout:  opts.timeout,
+		ReadTimeout:  opts.timeout,
+		WriteTimeout: opts.timeout,
+		PoolTimeout:  opts.timeout,
+		// Enough connections that a burst of concurrent lookups does not
+		// queue for one and time out while Redis itself is fine.
+		PoolSize:              max(64, 16*runtime.GOMAXPROCS(0)),
 		MaxRetries:            -1,
 		DialerRetries:         1,
 		ContextTimeoutEnabled: true,

@@ -18,6 +18,7 @@ const (
 	modeBuffer                         // storable so far: held for the store
 	modePassthrough                    // not storable: streamed to the client
 	modeDiscard                        // an error a stale entry will replace
+	modeRevalidated                    // a 304 that refreshes the stale entry
 )
 
 // captureWriter receives the upstream's response on a miss. Until the
@@ -51,8 +52,14 @@ type storePlan struct {
 	initialAge   time.Duration
 	freshFor     time.Duration
 	swr, sie     time.Duration
+	noCache      bool // stored only to be revalidated before each use
 	storeTTL     time.Duration
 }
+
+// revalidationWindow is how long a response with a validator is kept past
+// its freshness, so that it can be revalidated with a conditional request
+// instead of fetched again in full.
+const revalidationWindow = 10 * time.Minute
 
 func newCaptureWriter(w http.ResponseWriter, cr *cacheRequest, fwd string) *captureWriter {
 	return &captureWriter{w: w, cr: cr, fwd: fwd, start: time.Now(), header: make(http.Header)}
@@ -76,6 +83,10 @@ func (cw *captureWriter) writeHeaderLocked(code int) {
 		return
 	}
 	cw.status = code
+	if code == http.StatusNotModified && cw.cr.stale != nil {
+		cw.mode = modeRevalidated
+		return
+	}
 	plan, reason := cw.cr.h.cacheability(cw.cr, code, cw.header, cw.start)
 	switch {
 	case reason == "":
@@ -106,7 +117,7 @@ func (cw *captureWriter) passthrough(reason string) {
 	copyHeader(hdr, cw.header)
 	cw.cr.h.stripInternal(hdr)
 	hdr.Set("X-Cache", resultMiss)
-	hdr.Add("Cache-Status", cacheStatusFwd(cw.fwd, reason))
+	hdr.Add("Cache-Status", cacheStatusForwarded(cw.fwd, cw.status, reason))
 	cw.w.WriteHeader(cw.status)
 }
 
@@ -156,7 +167,7 @@ func (cw *captureWriter) Write(p []byte) (int, error) {
 			return cw.w.Write(p)
 		}
 		return cw.buf.Write(p)
-	case modeDiscard:
+	case modeDiscard, modeRevalidated:
 		return len(p), nil
 	default:
 		return cw.w.Write(p)
@@ -181,7 +192,7 @@ func (cw *captureWriter) flushTo(w http.ResponseWriter, fwd string) {
 	cw.cr.h.stripInternal(hdr)
 	hdr.Del("Content-Length")
 	hdr.Set("X-Cache", resultMiss)
-	hdr.Add("Cache-Status", cacheStatusFwd(fwd, "upstream-error"))
+	hdr.Add("Cache-Status", cacheStatusForwarded(fwd, cw.status, "upstream-error"))
 	w.WriteHeader(cw.status)
 }
 
@@ -220,6 +231,7 @@ func (cw *captureWriter) result(start time.Time) *fetched {
 		freshFor:   cw.plan.freshFor,
 		swr:        cw.plan.swr,
 		sie:        cw.plan.sie,
+		noCache:    cw.plan.noCache,
 		vary:       res.vary,
 		header:     hdr,
 		body:       cw.buf.Bytes(),
@@ -241,6 +253,15 @@ func (f *fetched) sharableWith(r *http.Request) bool {
 var hopByHop = []string{
 	"Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
 	"Proxy-Connection", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func isHopByHop(name string) bool {
+	for _, h := range hopByHop {
+		if h == name {
+			return true
+		}
+	}
+	return false
 }
 
 // stripInternal removes the headers through which the upstream talks to
@@ -297,10 +318,12 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 		return storePlan{}, "no-store"
 	case cc.has("private"):
 		return storePlan{}, "private"
-	case cc.has("no-cache"):
-		return storePlan{}, "no-cache"
 	case hdr.Get("Set-Cookie") != "":
 		return storePlan{}, "set-cookie"
+	case cr.authenticated() && !cc.has("public") && !cc.has("s-maxage") && !cc.has("must-revalidate"):
+		// RFC 9111 §3.5: a shared cache stores answers to requests with
+		// Authorization only when the origin explicitly allows it.
+		return storePlan{}, "authorization"
 	}
 	for _, name := range varyNames(hdr) {
 		if name == "*" {
@@ -316,13 +339,27 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 	plan.freshFor = freshnessLifetime(rt, cc, hdr, now)
 	plan.swr = max(time.Duration(rt.StaleWhileRevalidate), cc.seconds("stale-while-revalidate"))
 	plan.sie = max(time.Duration(rt.StaleIfError), cc.seconds("stale-if-error"))
-	if cc.has("must-revalidate") || cc.has("proxy-revalidate") {
+	if cc.has("must-revalidate") || cc.has("proxy-revalidate") || (cc.has("s-maxage") && !rt.ForceTTL) {
+		// s-maxage implies proxy-revalidate for a shared cache (§5.2.2.10).
 		plan.swr, plan.sie = 0, 0
 	}
-	if plan.freshFor <= 0 {
-		return storePlan{}, "not-fresh"
+	hasValidator := hdr.Get("ETag") != "" || hdr.Get("Last-Modified") != ""
+	keepFor := max(plan.swr, plan.sie)
+	if cc.has("no-cache") && !rt.ForceTTL {
+		plan.noCache = true
 	}
-	plan.storeTTL = plan.freshFor - plan.initialAge + max(plan.swr, plan.sie)
+	if plan.noCache || plan.freshFor-plan.initialAge <= 0 {
+		if !hasValidator {
+			if plan.noCache {
+				return storePlan{}, "no-cache"
+			}
+			return storePlan{}, "not-fresh"
+		}
+	}
+	if hasValidator {
+		keepFor = max(keepFor, revalidationWindow)
+	}
+	plan.storeTTL = max(plan.freshFor-plan.initialAge, 0) + keepFor
 	plan.storeTTL = min(plan.storeTTL, time.Duration(h.MaxTTL))
 	if plan.storeTTL < time.Second {
 		return storePlan{}, "stale-on-arrival"
@@ -446,7 +483,8 @@ type stampWriter struct {
 	http.ResponseWriter
 	h        *Handler
 	xcache   string
-	status   string
+	fwd      string
+	detail   string
 	wrote    bool
 	onHeader func(code int, hdr http.Header)
 }
@@ -463,7 +501,7 @@ func (sw *stampWriter) WriteHeader(code int) {
 	}
 	sw.h.stripInternal(hdr)
 	hdr.Set("X-Cache", sw.xcache)
-	hdr.Add("Cache-Status", sw.status)
+	hdr.Add("Cache-Status", cacheStatusForwarded(sw.fwd, code, sw.detail))
 	sw.ResponseWriter.WriteHeader(code)
 }
 
@@ -493,3 +531,74 @@ func newDiscardWriter() *discardWriter { return &discardWriter{header: make(http
 func (d *discardWriter) Header() http.Header         { return d.header }
 func (d *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
 func (d *discardWriter) WriteHeader(int)             {}
+
+// cacheStatusForwarded is the Cache-Status member of a response the cache
+// forwarded without storing (RFC 9211).
+func cacheStatusForwarded(fwd string, status int, detail string) string {
+	s := cacheStatusName + "; fwd=" + fwd
+	if status > 0 {
+		s += "; fwd-status=" + strconv.Itoa(status)
+	}
+	if detail != "" {
+		s += "; detail=" + detail
+	}
+	return s
+}
+
+// requestDirectives is what the client's Cache-Control asks of the cache.
+// Unless the handler honours request directives, only only-if-cached is
+// obeyed, so clients cannot force traffic onto the origin.
+type requestDirectives struct {
+	forceMiss    bool          // no-cache, or max-age=0: go to the origin
+	maxAge       time.Duration // -1: none
+	minFresh     time.Duration
+	maxStale     time.Duration // -1: none; serve stale up to this long
+	onlyIfCached bool
+}
+
+func (cr *cacheRequest) requestDirectives() requestDirectives {
+	d := requestDirectives{maxAge: -1, maxStale: -1}
+	values := cr.r.Header.Values("Cache-Control")
+	if len(values) == 0 {
+		return d
+	}
+	cc := parseCacheControl(values)
+	d.onlyIfCached = cc.has("only-if-cached")
+	if !cr.h.honorRequestCC {
+		return d
+	}
+	if v, ok := cc.get("max-age"); ok {
+		d.maxAge = parseSeconds(v)
+	}
+	d.forceMiss = cc.has("no-cache") || d.maxAge == 0
+	d.minFresh = cc.seconds("min-fresh")
+	if v, ok := cc.get("max-stale"); ok {
+		if v == "" {
+			d.maxStale = time.Duration(1<<31-1) * time.Second
+		} else {
+			d.maxStale = parseSeconds(v)
+		}
+	}
+	return d
+}
+
+// acceptsFresh reports whether e may be served as a hit.
+func (d requestDirectives) acceptsFresh(e *entry, now time.Time) bool {
+	age := e.age(now)
+	if e.noCache || age >= e.freshFor {
+		return false
+	}
+	if d.maxAge >= 0 && age > d.maxAge {
+		return false
+	}
+	return d.minFresh <= 0 || e.freshFor-age >= d.minFresh
+}
+
+// acceptsStale reports whether the client's max-stale lets a stale e be
+// served without revalidation.
+func (d requestDirectives) acceptsStale(e *entry, now time.Time) bool {
+	if d.maxStale < 0 || e.noCache || e.mustRevalidate() {
+		return false
+	}
+	return e.age(now)-e.freshFor <= d.maxStale
+}

@@ -367,6 +367,12 @@ func (e *entry) encode() []byte {
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
 }
 
+// mustRevalidate reports whether the origin forbade serving e stale.
+func (e *entry) mustRevalidate() bool {
+	cc := parseCacheControl(e.header.Values("Cache-Control"))
+	return cc.has("must-revalidate") || cc.has("proxy-revalidate") || cc.has("s-maxage")
+}
+
 // decoder reads an encoded entry; the first error sticks.
 type decoder struct {
 	b   []byte
