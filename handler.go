@@ -140,6 +140,10 @@ type cacheRequest struct {
 	stale   *entry   // an expired entry that may still be served
 	varyIdx *entry   // the Vary index found at the primary key
 	reqCC   requestDirectives
+
+	// background marks a refresh that no client waits for; it is not a
+	// request, so it is not counted in metrics or stats.
+	background bool
 }
 
 func (cr *cacheRequest) serve(w http.ResponseWriter) error {
@@ -409,7 +413,11 @@ func (e *entry) age(now time.Time) time.Duration {
 // key into one upstream request.
 func (cr *cacheRequest) fetch(w http.ResponseWriter, fwd string) error {
 	h := cr.h
-	f, leader := h.flights.join(cr.key.primary)
+	// Only requests that read the same generations share a fetch: one that
+	// looked up after a purge must not get an answer the upstream began
+	// producing before it.
+	flightKey := cr.key.primary + "\x00" + strings.Join(cr.cur, ",")
+	f, leader := h.flights.join(flightKey)
 	if !leader {
 		if res := f.wait(cr.r.Context(), time.Duration(h.CoalesceWait)); res != nil && res.sharableWith(cr.r) {
 			return cr.serveFetched(w, res, "fwd="+fwd+"; collapsed")
@@ -419,7 +427,7 @@ func (cr *cacheRequest) fetch(w http.ResponseWriter, fwd string) error {
 		return cr.fetchDirect(w, fwd, nil)
 	}
 	var shared *fetched
-	defer func() { h.flights.finish(cr.key.primary, f, shared) }()
+	defer func() { h.flights.finish(flightKey, f, shared) }()
 	if h.Coalesce {
 		release, e := cr.coalesceAcrossInstances()
 		if e != nil {
@@ -599,6 +607,9 @@ func (cr *cacheRequest) serveRevalidated(w http.ResponseWriter, cw *captureWrite
 }
 
 func (cr *cacheRequest) countResult(xcache string) {
+	if cr.background {
+		return
+	}
 	cr.h.metrics.countRequest(cr.route.Name, xcache)
 	cr.route.stats.count(xcache)
 }
@@ -750,7 +761,7 @@ func (cr *cacheRequest) refreshInBackground() {
 		return
 	}
 	bgReq := cr.r.Clone(context.WithoutCancel(cr.r.Context()))
-	bg := &cacheRequest{h: h, route: cr.route, r: bgReq, next: cr.next, key: cr.key, tagGens: cr.tagGens, gens: cr.gens, cur: cr.cur, varyIdx: cr.varyIdx, stale: cr.stale}
+	bg := &cacheRequest{h: h, route: cr.route, r: bgReq, next: cr.next, key: cr.key, tagGens: cr.tagGens, gens: cr.gens, cur: cr.cur, varyIdx: cr.varyIdx, stale: cr.stale, background: true}
 	h.background.Add(1)
 	go func() {
 		defer h.background.Done()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -150,7 +151,7 @@ func (h *Handler) purge(ctx context.Context, p purgeRequest, kind string) (int64
 			key = h.Namespace + ":" + key
 		}
 		if !h.isEntryKey(key) {
-			return 0, fmt.Errorf("key %q is not a cache entry key", p.Key)
+			return 0, apiError(http.StatusBadRequest, "key %q is not a cache entry key", p.Key)
 		}
 		removed, err = h.store.del(ctx, key)
 	case "pattern":
@@ -218,6 +219,9 @@ func (adminAPI) handlePurge(w http.ResponseWriter, r *http.Request) error {
 	if err := dec.Decode(&p); err != nil {
 		return apiError(http.StatusBadRequest, "invalid purge request body: %v", err)
 	}
+	if _, err := dec.Token(); err != io.EOF {
+		return apiError(http.StatusBadRequest, "invalid purge request body: unexpected data after the JSON object")
+	}
 	kind, err := p.kind()
 	if err != nil {
 		return apiError(http.StatusBadRequest, "%v", err)
@@ -238,6 +242,10 @@ func (adminAPI) handlePurge(w http.ResponseWriter, r *http.Request) error {
 		known = true
 		n, err := h.purge(r.Context(), p, kind)
 		if err != nil {
+			var apiErr caddy.APIError
+			if errors.As(err, &apiErr) {
+				return apiErr // the request was at fault, not the store
+			}
 			return apiError(http.StatusBadGateway, "purge failed: %v", err)
 		}
 		res.Removed += n

@@ -2,6 +2,7 @@ package rediscache
 
 import (
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -93,7 +94,23 @@ func provisionMetrics(ctx caddy.Context) (*handlerMetrics, error) {
 }
 
 func (m *handlerMetrics) countRequest(route, result string) {
-	m.requests.WithLabelValues(route, result).Inc()
+	m.requests.WithLabelValues(route, resultLabel(result)).Inc()
+}
+
+// resultLabel is the result label value of an X-Cache value: lower case,
+// as the metric's help text and Prometheus conventions have it.
+func resultLabel(xcache string) string {
+	switch xcache {
+	case resultHit:
+		return "hit"
+	case resultMiss:
+		return "miss"
+	case resultStale:
+		return "stale"
+	case resultSkip:
+		return "skip"
+	}
+	return strings.ToLower(xcache)
 }
 
 func (m *handlerMetrics) observeStore(op string, d time.Duration, err error) {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
@@ -120,6 +121,11 @@ func (s *redisStore) kind() string { return s.name }
 func (s *redisStore) close() error { return s.client.Close() }
 
 func (s *redisStore) get(ctx context.Context, key string, gens []string) ([]byte, []string, error) {
+	if _, cluster := s.client.(*redis.ClusterClient); !cluster {
+		return s.mget(ctx, key, gens)
+	}
+	// On a Cluster the keys live in different slots: pipelined GETs reach
+	// every node in parallel, where one MGET would fail with CROSSSLOT.
 	pipe := s.client.Pipeline()
 	valCmd := pipe.Get(ctx, key)
 	genCmds := make([]*redis.StringCmd, len(gens))
@@ -144,6 +150,32 @@ func (s *redisStore) get(ctx context.Context, key string, gens []string) ([]byte
 		return []byte{}, cur, nil
 	}
 	return val, cur, err
+}
+
+// mget is the lookup on a single Redis: one command for the entry and its
+// generations. A key holding another type reads as absent.
+func (s *redisStore) mget(ctx context.Context, key string, gens []string) ([]byte, []string, error) {
+	keys := make([]string, 0, 1+len(gens))
+	keys = append(keys, key)
+	keys = append(keys, gens...)
+	vals, err := s.client.MGet(ctx, keys...).Result()
+	if err != nil {
+		return nil, nil, err
+	}
+	cur := make([]string, len(gens))
+	for i := range gens {
+		cur[i] = zeroGen
+		if v, ok := vals[i+1].(string); ok {
+			cur[i] = v
+		}
+	}
+	v, ok := vals[0].(string)
+	if !ok {
+		return nil, cur, nil
+	}
+	// The reply string is never modified; viewing it as bytes saves copying
+	// the whole body on every hit.
+	return unsafe.Slice(unsafe.StringData(v), len(v)), cur, nil
 }
 
 func genValues(cmds []*redis.StringCmd) ([]string, error) {
