@@ -4,7 +4,9 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,6 +60,7 @@ func runHitBenchmark(b *testing.B, h *Handler, next caddyhttp.Handler) {
 		b.Fatalf("warm-up did not produce a hit: %v %v", err, check.header)
 	}
 	b.ReportAllocs()
+	b.SetParallelism(16) // like 32 client connections on two cores
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		w := &discardRecorder{header: make(http.Header, 16)}
@@ -120,4 +123,26 @@ func BenchmarkEntryDecode(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkMissRedis stores a new entry on every request: lookup, upstream,
+// buffering, encoding and the store write.
+func BenchmarkMissRedis(b *testing.B) {
+	rs := startRedis(b)
+	h, next := benchHandler(b, &Handler{Redis: []string{rs.URL()}, Routes: benchRoutes()}, benchBody)
+	var n atomic.Int64
+	b.ReportAllocs()
+	b.SetParallelism(16)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		w := &discardRecorder{header: make(http.Header, 16)}
+		for pb.Next() {
+			clear(w.header)
+			req := httptest.NewRequest("GET", "http://example.com/api/x?n="+strconv.FormatInt(n.Add(1), 10), nil)
+			if err := h.ServeHTTP(w, req, next); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }

@@ -22,6 +22,7 @@ import (
 type redisStore struct {
 	client redis.UniversalClient
 	name   string
+	auto   *autoPipeline // nil on a Cluster
 }
 
 // scanBatch bounds how many keys one SCAN step returns and one UNLINK
@@ -42,7 +43,11 @@ func newRedisStore(opts storeOptions) (*redisStore, error) {
 	if opts.sentinelMaster != "" {
 		name = "redis-sentinel"
 	}
-	return &redisStore{client: client, name: name}, nil
+	rs := &redisStore{client: client, name: name}
+	if _, cluster := client.(*redis.ClusterClient); !cluster {
+		rs.auto = newAutoPipeline(client, opts.timeout)
+	}
+	return rs, nil
 }
 
 // universalOptions turns the configured URLs into client options. Every URL
@@ -118,7 +123,12 @@ func redactURL(raw string) string {
 
 func (s *redisStore) kind() string { return s.name }
 
-func (s *redisStore) close() error { return s.client.Close() }
+func (s *redisStore) close() error {
+	if s.auto != nil {
+		s.auto.close()
+	}
+	return s.client.Close()
+}
 
 func (s *redisStore) get(ctx context.Context, key string, gens []string) ([]byte, []string, error) {
 	if _, cluster := s.client.(*redis.ClusterClient); !cluster {
@@ -158,10 +168,13 @@ func (s *redisStore) mget(ctx context.Context, key string, gens []string) ([]byt
 	keys := make([]string, 0, 1+len(gens))
 	keys = append(keys, key)
 	keys = append(keys, gens...)
-	vals, err := s.client.MGet(ctx, keys...).Result()
+	cmd, err := s.auto.do(ctx, func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
+		return p.MGet(ctx, keys...)
+	})
 	if err != nil {
 		return nil, nil, err
 	}
+	vals := cmd.(*redis.SliceCmd).Val()
 	cur := make([]string, len(gens))
 	for i := range gens {
 		cur[i] = zeroGen
@@ -210,7 +223,13 @@ func (s *redisStore) gens(ctx context.Context, gens []string) ([]string, error) 
 }
 
 func (s *redisStore) set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
-	return s.client.Set(ctx, key, value, ttl).Err()
+	if s.auto == nil {
+		return s.client.Set(ctx, key, value, ttl).Err()
+	}
+	_, err := s.auto.do(ctx, func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
+		return p.Set(ctx, key, value, ttl)
+	})
+	return err
 }
 
 // del removes keys one command each, so keys in different Cluster slots

@@ -1,0 +1,102 @@
+package rediscache
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// autoPipeline merges the lookups and writes of concurrent requests into
+// shared Redis pipelines: under load, one round trip (and one pair of
+// syscalls) serves many requests instead of one each. A lone request pays
+// only a channel hand-off.
+type autoPipeline struct {
+	client  redis.Cmdable
+	timeout time.Duration
+	queue   chan *pipeOp
+	quit    chan struct{}
+}
+
+// pipeOp is one command waiting for a pipeline.
+type pipeOp struct {
+	queue func(ctx context.Context, p redis.Pipeliner) redis.Cmder
+	cmd   redis.Cmder
+	done  chan struct{}
+}
+
+const (
+	pipelineWorkers  = 4
+	pipelineMaxBatch = 128
+)
+
+var errStoreClosed = errors.New("cache store closed")
+
+func newAutoPipeline(client redis.Cmdable, timeout time.Duration) *autoPipeline {
+	ap := &autoPipeline{
+		client:  client,
+		timeout: timeout,
+		queue:   make(chan *pipeOp, 4096),
+		quit:    make(chan struct{}),
+	}
+	for range pipelineWorkers {
+		go ap.work()
+	}
+	return ap
+}
+
+func (ap *autoPipeline) close() { close(ap.quit) }
+
+// do queues one command and waits for its pipeline, or for ctx.
+func (ap *autoPipeline) do(ctx context.Context, queue func(context.Context, redis.Pipeliner) redis.Cmder) (redis.Cmder, error) {
+	op := &pipeOp{queue: queue, done: make(chan struct{})}
+	select {
+	case ap.queue <- op:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-ap.quit:
+		return nil, errStoreClosed
+	}
+	select {
+	case <-op.done:
+		return op.cmd, op.cmd.Err()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (ap *autoPipeline) work() {
+	batch := make([]*pipeOp, 0, pipelineMaxBatch)
+	for {
+		select {
+		case <-ap.quit:
+			return
+		case op := <-ap.queue:
+			batch = append(batch[:0], op)
+		}
+	drain:
+		for len(batch) < pipelineMaxBatch {
+			select {
+			case op := <-ap.queue:
+				batch = append(batch, op)
+			default:
+				break drain
+			}
+		}
+		ap.exec(batch)
+	}
+}
+
+func (ap *autoPipeline) exec(batch []*pipeOp) {
+	ctx, cancel := context.WithTimeout(context.Background(), ap.timeout)
+	defer cancel()
+	pipe := ap.client.Pipeline()
+	for _, op := range batch {
+		op.cmd = op.queue(ctx, pipe)
+	}
+	_, _ = pipe.Exec(ctx) // each command carries its own error
+	for _, op := range batch {
+		close(op.done)
+	}
+}
