@@ -116,6 +116,9 @@ func (h *Handler) bypass(w http.ResponseWriter, r *http.Request, next caddyhttp.
 	h.metrics.countRequest(rt.Name, resultSkip)
 	rt.stats.skips.Add(1)
 	sw := &stampWriter{ResponseWriter: w, h: h, xcache: resultSkip, fwd: fwd, detail: detail}
+	if rt.keyRepl && detail != "empty-key" {
+		sw.onHeader = func(_ int, hdr http.Header) { rt.protectIdentity(hdr) }
+	}
 	return next.ServeHTTP(sw, r)
 }
 
@@ -141,6 +144,9 @@ type cacheRequest struct {
 	varyIdx *entry   // the Vary index found at the primary key
 	reqCC   requestDirectives
 
+	// purgeEpoch is the namespace's purge epoch at lookup; see storeFetched.
+	purgeEpoch string
+
 	// background marks a refresh that no client waits for; it is not a
 	// request, so it is not counted in metrics or stats.
 	background bool
@@ -151,6 +157,11 @@ func (cr *cacheRequest) serve(w http.ResponseWriter) error {
 	cr.gens = append([]string{h.allGenKey(), cr.route.routeGen, cr.key.uriGen}, cr.tagGens...)
 	cr.reqCC = cr.requestDirectives()
 	if cr.reqCC.forceMiss {
+		// The lookup still runs: its generations stamp the new entry.
+		if _, _, err := cr.lookup(); err != nil {
+			h.logStoreError("lookup", err)
+			return h.bypass(w, cr.r, cr.next, cr.route, "bypass", "store-unavailable")
+		}
 		return cr.fetch(w, "request")
 	}
 	if e := cr.localHit(); e != nil && cr.reqCC.acceptsFresh(e, time.Now()) {
@@ -168,6 +179,11 @@ func (cr *cacheRequest) serve(w http.ResponseWriter) error {
 		}
 		cr.stale = e
 		fwd = "stale"
+		if !e.noCache && e.age(now) < e.freshFor && !cr.softPurged(e) {
+			// Fresh, but the request's directives did not allow its use
+			// (RFC 9211 §2.2.2).
+			fwd = "request"
+		}
 		if cr.reqCC.acceptsStale(e, now) {
 			return cr.serveEntry(w, e, resultStale, "hit; ttl="+ttlSeconds(e, now)+"; detail=max-stale")
 		}
@@ -244,11 +260,11 @@ func (cr *cacheRequest) lookup() (*entry, string, error) {
 
 func (cr *cacheRequest) lookupStore() (*entry, string, error) {
 	h := cr.h
-	raw, cur, err := h.store.get(cr.r.Context(), cr.key.primary, cr.gens)
+	raw, cur, err := h.store.get(cr.r.Context(), cr.key.primary, append(cr.gens[:len(cr.gens):len(cr.gens)], h.purgeEpochKey()))
 	if err != nil {
 		return nil, "", err
 	}
-	cr.cur = cur
+	cr.cur, cr.purgeEpoch = cur[:len(cur)-1], cur[len(cur)-1]
 	if raw == nil {
 		return nil, "uri-miss", nil
 	}
@@ -404,6 +420,19 @@ func (rt *Route) applyClientCacheControl(hdr http.Header) {
 	}
 }
 
+// protectIdentity gives an answer the cache did not store, on a route whose
+// key carries an identity, the route's client Cache-Control (private by
+// default) too, unless the origin already forbade shared storage.
+func (rt *Route) protectIdentity(hdr http.Header) {
+	if !rt.keyRepl {
+		return
+	}
+	if cc := parseCacheControl(hdr.Values("Cache-Control")); cc.has("no-store") || cc.has("private") {
+		return
+	}
+	rt.applyClientCacheControl(hdr)
+}
+
 // age is the entry's current age (RFC 9111 §4.2.3).
 func (e *entry) age(now time.Time) time.Duration {
 	return e.initialAge + now.Sub(e.storedAt)
@@ -416,7 +445,7 @@ func (cr *cacheRequest) fetch(w http.ResponseWriter, fwd string) error {
 	// Only requests that read the same generations share a fetch: one that
 	// looked up after a purge must not get an answer the upstream began
 	// producing before it.
-	flightKey := cr.key.primary + "\x00" + strings.Join(cr.cur, ",")
+	flightKey := cr.key.primary + "\x00" + strings.Join(cr.cur, ",") + "\x00" + cr.purgeEpoch
 	f, leader := h.flights.join(flightKey)
 	if !leader {
 		if res := f.wait(cr.r.Context(), time.Duration(h.CoalesceWait)); res != nil && res.sharableWith(cr.r) {
@@ -471,6 +500,14 @@ func (cr *cacheRequest) coalesceAcrossInstances() (release func(), e *entry) {
 			return nil, nil
 		case <-tick.C:
 		}
+		// Read the lock before the entry: the holder stores, then
+		// releases, so a lock seen free means its entry (if any) is
+		// already visible to the lookup that follows.
+		// The lock's value reads like a generation: zeroGen when absent.
+		held, err := h.store.gens(ctx, []string{lockKey})
+		if err != nil {
+			return nil, nil
+		}
 		found, _, err := cr.lookup()
 		if err != nil {
 			return nil, nil
@@ -478,9 +515,7 @@ func (cr *cacheRequest) coalesceAcrossInstances() (release func(), e *entry) {
 		if found != nil && found.age(time.Now()) < found.freshFor && !found.noCache {
 			return nil, found
 		}
-		// The lock's value reads like a generation: zeroGen when absent.
-		held, err := h.store.gens(ctx, []string{lockKey})
-		if err != nil || held[0] == zeroGen {
+		if held[0] == zeroGen {
 			return nil, nil
 		}
 	}
@@ -590,7 +625,7 @@ func (cr *cacheRequest) serveRevalidated(w http.ResponseWriter, cw *captureWrite
 	cr.countResult(resultHit)
 	if reason != "" {
 		e.storedAt, e.initialAge = time.Now(), 0
-		return cr.serveEntry(w, e, resultHit, "fwd=stale; fwd-status=304; detail="+reason)
+		return cr.serveEntry(w, e, resultHit, "fwd="+cw.fwd+"; fwd-status=304; detail="+reason)
 	}
 	res := &fetched{entry: e, storeTTL: plan.storeTTL, vary: old.vary}
 	for _, name := range old.vary {
@@ -599,7 +634,7 @@ func (cr *cacheRequest) serveRevalidated(w http.ResponseWriter, cw *captureWrite
 	if share != nil {
 		*share = res
 	}
-	if err := cr.serveEntryAs(w, e, resultHit, "fwd=stale; fwd-status=304; stored", false); err != nil {
+	if err := cr.serveEntryAs(w, e, resultHit, "fwd="+cw.fwd+"; fwd-status=304; stored", false); err != nil {
 		return err
 	}
 	cr.storeFetched(res)
@@ -686,19 +721,25 @@ func (cr *cacheRequest) storeFetched(res *fetched) {
 	ctx := context.WithoutCancel(cr.r.Context())
 	e := res.entry
 	e.gens = cr.stamps()
-	if len(res.tags) > 0 {
-		tagGens := make([]string, len(res.tags))
-		for i, t := range res.tags {
-			tagGens[i] = h.tagGenKey(t)
-		}
-		vals, err := h.store.gens(ctx, tagGens)
-		if err != nil {
-			h.logStoreError("store", err)
-			return
-		}
-		for i, g := range tagGens {
-			e.gens = append(e.gens, genStamp{key: g, val: vals[i]})
-		}
+	// The purge epoch advances with every purge. If it moved while the
+	// upstream was answering, this answer may predate a purge that its
+	// lookup could not see coming (a pattern, or a tag the upstream only
+	// now names), so it is not stored.
+	check := make([]string, 0, 1+len(res.tags))
+	check = append(check, h.purgeEpochKey())
+	for _, t := range res.tags {
+		check = append(check, h.tagGenKey(t))
+	}
+	vals, err := h.store.gens(ctx, check)
+	if err != nil {
+		h.logStoreError("store", err)
+		return
+	}
+	if vals[0] != cr.purgeEpoch {
+		return
+	}
+	for i, g := range check[1:] {
+		e.gens = append(e.gens, genStamp{key: g, val: vals[i+1]})
 	}
 	ttl := res.storeTTL
 	key := cr.key.primary
@@ -761,7 +802,7 @@ func (cr *cacheRequest) refreshInBackground() {
 		return
 	}
 	bgReq := cr.r.Clone(context.WithoutCancel(cr.r.Context()))
-	bg := &cacheRequest{h: h, route: cr.route, r: bgReq, next: cr.next, key: cr.key, tagGens: cr.tagGens, gens: cr.gens, cur: cr.cur, varyIdx: cr.varyIdx, stale: cr.stale, background: true}
+	bg := &cacheRequest{h: h, route: cr.route, r: bgReq, next: cr.next, key: cr.key, tagGens: cr.tagGens, gens: cr.gens, cur: cr.cur, purgeEpoch: cr.purgeEpoch, varyIdx: cr.varyIdx, stale: cr.stale, background: true}
 	h.background.Add(1)
 	go func() {
 		defer h.background.Done()

@@ -30,7 +30,7 @@ func (h *Handler) serveMutation(w http.ResponseWriter, r *http.Request, next cad
 		if code < 200 || code >= 400 {
 			return
 		}
-		gens := h.mutationGens(r, rt, normPath, hdr)
+		gens := append(h.mutationGens(r, rt, normPath, hdr), h.purgeEpochKey())
 		if err := h.store.bump(r.Context(), false, h.genTTL, gens...); err != nil {
 			h.logger.Warn("purge after mutation failed", zap.String("route", rt.Name), zap.Error(err))
 			return
@@ -136,7 +136,12 @@ type purgeResult struct {
 // purge carries out one admin purge on this handler's store and namespace.
 func (h *Handler) purge(ctx context.Context, p purgeRequest, kind string) (int64, error) {
 	var removed int64
-	var err error
+	// First the purge epoch, so that an answer being fetched right now is
+	// not stored after the purge returns (see storeFetched).
+	err := h.store.bump(ctx, false, h.genTTL, h.purgeEpochKey())
+	if err != nil {
+		return 0, err
+	}
 	switch kind {
 	case "route":
 		if _, ok := h.routeByName[p.Route]; !ok {
@@ -273,6 +278,7 @@ func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 		Namespace string         `json:"namespace"`
 		Healthy   bool           `json:"healthy"`
 		Info      map[string]any `json:"info"`
+		LatencyMS float64        `json:"latency_ms,omitempty"` // one INFO round trip
 		Routes    map[string]any `json:"routes"`
 		Local     map[string]any `json:"local_tier,omitempty"`
 	}
@@ -285,7 +291,9 @@ func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 		}
 		if s.Healthy {
 			ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+			start := time.Now()
 			s.Info = h.store.backend.info(ctx)
+			s.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
 			cancel()
 		}
 		for _, rt := range h.Routes {

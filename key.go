@@ -198,7 +198,11 @@ func variantKey(primary, epoch string, names []string, r *http.Request) string {
 
 // Generation keys. Route names cannot start with '_', so these never
 // collide with entry keys.
-func (h *Handler) allGenKey() string              { return h.Namespace + ":_g:all" }
+func (h *Handler) allGenKey() string { return h.Namespace + ":_g:all" }
+
+// purgeEpochKey advances with every purge; stores compare it with its value
+// at lookup (see storeFetched). Entries never record it.
+func (h *Handler) purgeEpochKey() string          { return h.Namespace + ":_g:epoch" }
 func (h *Handler) routeGenKey(name string) string { return h.Namespace + ":_g:r:" + name }
 func (h *Handler) tagGenKey(tag string) string {
 	return h.Namespace + ":_g:t:" + escapeKeyPart(tag) + ":" + shortHash(tag)

@@ -15,8 +15,9 @@ import (
 // needs no round trip. It stays coherent with purges on every instance:
 // each purge is published on purgeChannel, and every instance drops the
 // generations it names (or its whole tier, for key and pattern purges).
-// A generation value is trusted for at most maxAge after it was read, which
-// bounds staleness should a purge message be lost.
+// A generation value, and an entry, are trusted for at most maxAge after
+// they were read from the store, which bounds staleness should a purge
+// message be lost.
 type localTier struct {
 	limit  int64
 	maxAge time.Duration
@@ -103,7 +104,10 @@ func (lt *localTier) gensCurrent(e *entry) bool {
 	return true
 }
 
-// put keeps an entry until ttl passes or it is evicted.
+// put keeps an entry until ttl passes or it is evicted, and for no longer
+// than maxAge: an entry deleted from the store by a key or pattern purge
+// whose notice was lost has no generation to betray it, so it must be
+// read from the store again at least that often.
 func (lt *localTier) put(key string, e *entry, ttl time.Duration) {
 	size := int64(len(key)+len(e.body)) + memOverhead
 	for k, vs := range e.header {
@@ -123,7 +127,7 @@ func (lt *localTier) put(key string, e *entry, ttl time.Duration) {
 	for lt.used+size > lt.limit && lt.lru.Len() > 0 {
 		lt.removeLocked(lt.lru.Back())
 	}
-	lt.entries[key] = lt.lru.PushFront(&localItem{key: key, e: e, size: size, expires: time.Now().Add(ttl)})
+	lt.entries[key] = lt.lru.PushFront(&localItem{key: key, e: e, size: size, expires: time.Now().Add(min(ttl, lt.maxAge))})
 	lt.used += size
 }
 

@@ -133,7 +133,8 @@ type Handler struct {
 	// RequestCacheControl chooses how clients' Cache-Control request
 	// directives are treated: "ignore" (the default, which protects the
 	// origin: clients cannot force misses) obeys only only-if-cached;
-	// "honor" also obeys no-cache, max-age, min-fresh and max-stale.
+	// "honor" also obeys no-cache, no-store, max-age, min-fresh and
+	// max-stale.
 	RequestCacheControl string `json:"request_cache_control,omitempty"`
 
 	// Routes are tried in order; the first whose path pattern matches the

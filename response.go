@@ -116,6 +116,7 @@ func (cw *captureWriter) passthrough(reason string) {
 	hdr := cw.w.Header()
 	copyHeader(hdr, cw.header)
 	cw.cr.h.stripInternal(hdr)
+	cw.cr.route.protectIdentity(hdr)
 	hdr.Set("X-Cache", resultMiss)
 	hdr.Add("Cache-Status", cacheStatusForwarded(cw.fwd, cw.status, reason))
 	cw.w.WriteHeader(cw.status)
@@ -306,6 +307,9 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 	}
 	if !h.cacheable[status] {
 		return storePlan{}, "status"
+	}
+	if cr.reqCC.noStore {
+		return storePlan{}, "request-no-store"
 	}
 	if cl := hdr.Get("Content-Length"); cl != "" {
 		if n, err := strconv.ParseInt(cl, 10, 64); err == nil && n > h.MaxEntrySize {
@@ -554,6 +558,7 @@ type requestDirectives struct {
 	minFresh     time.Duration
 	maxStale     time.Duration // -1: none; serve stale up to this long
 	onlyIfCached bool
+	noStore      bool // the answer must not be stored (§5.2.1.5)
 }
 
 func (cr *cacheRequest) requestDirectives() requestDirectives {
@@ -571,6 +576,7 @@ func (cr *cacheRequest) requestDirectives() requestDirectives {
 		d.maxAge = parseSeconds(v)
 	}
 	d.forceMiss = cc.has("no-cache") || d.maxAge == 0
+	d.noStore = cc.has("no-store")
 	d.minFresh = cc.seconds("min-fresh")
 	if v, ok := cc.get("max-stale"); ok {
 		if v == "" {
