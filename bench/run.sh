@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# The redis_cache benchmark: bash bench/run.sh [duration]   (default 5s per row)
+#
+# Builds ./cmd/caddy, starts its own redis-server and a Go origin on free
+# 127.0.0.1 ports, then runs one Caddy per row and measures it with
+# bench/loadgen (a separate process). Prints a markdown table and writes it to
+# bench/results.md. Only the ratios within one run mean anything: the load
+# generator, Caddy, the origin and Redis share the machine's cores.
+#
+# Environment: CONNS (default 32), WARMUP (default 1s, unmeasured, before each
+# row), ROUNDS (default 1; with N > 1 every row is measured N times, rounds
+# interleaved, and the table shows the median round), KEEP_WORK=1 keeps logs and raw JSON in the temp dir, BENCH_STOCK_CADDY=1
+# builds stock Caddy (the cache rows print n/a) to test the harness itself.
+set -euo pipefail
+
+DUR=${1:-5s}
+[[ "$DUR" =~ ^[0-9]+$ ]] && DUR="${DUR}s"
+CONNS=${CONNS:-32}
+WARMUP=${WARMUP:-1s}
+ROUNDS=${ROUNDS:-1}
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "ROUNDS must be a positive integer" >&2; exit 2; }
+ROUND=1
+
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+MANIFEST="$WORK/manifest"
+: >"$MANIFEST"
+RUN_ID=$(date +%s)$$
+
+log "building tools"
+build_tools
+build_caddy
+CADDY_VERSION=$("$BIN/caddy" version | cut -d' ' -f1)
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+start_redis
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+start_origin
+log "redis-server :$REDIS_PORT, origin :$ORIGIN_PORT, $DUR per row, $CONNS connections, warm-up $WARMUP"
+
+# na SCENARIO BODY NOTE: a row that could not run.
+na() { echo "$1 $2 - 0 0 0 $CLK_TCK -1 - $3" >>"$MANIFEST"; }
+
+# measure SCENARIO BODY ROUTE URL EXPECT [NOTE]: warm-up run, then the measured
+# run against the Caddy in CADDY_PID; appends a manifest line.
+measure() {
+	local scenario=$1 body=$2 route=$3 url=$4 expect=$5 note=${6:-}
+	local out="$WORK/res/${scenario}__${body}__r$ROUND.json"
+	"$BIN/loadgen" -url "$url" -c "$CONNS" -d "$WARMUP" -n-start 0 >/dev/null
+	local cpu0 o0 cpu1 o1 rss r0 r1
+	cpu0=$(cpu_ticks "$CADDY_PID")
+	r0=$(cpu_ticks "$REDIS_PID")
+	o0=$(origin_calls "$route")
+	"$BIN/loadgen" -url "$url" -c "$CONNS" -d "$DUR" -n-start 1000000000 \
+		-count-header X-Cache -label "$scenario/$body" >"$out"
+	cpu1=$(cpu_ticks "$CADDY_PID")
+	r1=$(cpu_ticks "$REDIS_PID")
+	o1=$(origin_calls "$route")
+	rss=$(vmhwm_kb "$CADDY_PID")
+	local warns
+	warns=$(caddy_warnings "$WORK/logs/caddy-$scenario-$body.log")
+	[[ -n "$warns" ]] && note="${note:+$note; }Caddy log (warm-up + run): $warns"
+	echo "$scenario $body $out $rss $((cpu1 - cpu0)) $((r1 - r0)) $CLK_TCK $((o1 - o0)) $expect $note" >>"$MANIFEST"
+	log "  $scenario/$body: $(sed -E 's/.*"rps":([0-9.]+).*"p50":([0-9.]+).*/\1 req\/s, p50 \2 ms/' "$out")"
+}
+
+# row SCENARIO BODY: start the right Caddy, check it, measure, stop it.
+row() {
+	local scenario=$1 body=$2
+	CADDY_PORT=$(freeport)
+	local base="http://127.0.0.1:$CADDY_PORT"
+	local path="/api/$body" route=$body site expect=- note="" url
+	[[ $body == dashboard ]] && path=/api/dashboard
+	url="$base$path"
+	if [[ $ROUNDS -gt 1 ]]; then
+		log "$scenario/$body (round $ROUND/$ROUNDS)"
+	else
+		log "$scenario/$body"
+	fi
+	case $scenario in
+	respond)
+		site=$(respond_site "$CADDY_PORT" "$body") ;;
+	proxy | dashboard-proxy)
+		site=$(proxy_site "$CADDY_PORT") ;;
+	proxy-unique)
+		site=$(proxy_site "$CADDY_PORT")
+		url="$base$path?n={n}&run=$RUN_ID" ;;
+	hit | dashboard-hit)
+		site=$(cache_site "$CADDY_PORT" "$REDIS_URL" "") expect=HIT ;;
+	hit-local)
+		site=$(cache_site "$CADDY_PORT" "$REDIS_URL" "local_cache 64MiB") expect=HIT ;;
+	hit-memory)
+		site=$(cache_site "$CADDY_PORT" "" "") expect=HIT ;;
+	miss)
+		site=$(cache_site "$CADDY_PORT" "$REDIS_URL" "") expect=MISS
+		url="$base$path?n={n}&run=$RUN_ID" ;;
+	*)
+		log "unknown scenario $scenario"; return 1 ;;
+	esac
+	case $scenario in
+	hit | hit-local | hit-memory | miss | dashboard-hit)
+		if [[ $HAVE_MODULE != 1 ]]; then
+			na "$scenario" "$body" "$MODULE_NOTE"
+			return 0
+		fi
+		rcli flushall >/dev/null ;;
+	esac
+	if ! start_caddy "$scenario-$body" "$site"; then
+		na "$scenario" "$body" "n/a: Caddy rejected the config: $CADDY_ERR"
+		return 0
+	fi
+	# The bytes served must be the origin's bytes.
+	local probe=${url//\{n\}/probe}
+	if ! cmp -s <(curl -s --max-time 5 "$probe") <("$BIN/origin" -print "$body"); then
+		note="⚠ the body differs from the origin's"
+		log "  WARNING: $probe does not return the origin's body"
+	fi
+	case $scenario in
+	hit | hit-local | hit-memory | dashboard-hit)
+		local seen
+		if seen=$(warm_until_hit "$url"); then
+			log "  curl: X-Cache: HIT after warming"
+		else
+			log "  WARNING: never saw X-Cache: HIT (last: $seen)"
+			note="${note:+$note; }⚠ curl never saw X-Cache: HIT after warming (last: $seen)"
+		fi ;;
+	esac
+	measure "$scenario" "$body" "$route" "$url" "$expect" "$note"
+	stop_caddy
+}
+
+for ROUND in $(seq "$ROUNDS"); do
+	for body in small large; do
+		for scenario in respond proxy hit hit-local hit-memory proxy-unique miss; do
+			row "$scenario" "$body"
+		done
+	done
+	row dashboard-proxy dashboard
+	row dashboard-hit dashboard
+done
+
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+ROUNDS_NOTE=""
+if [[ $ROUNDS -gt 1 ]]; then
+	ROUNDS_NOTE=", $ROUNDS interleaved rounds (req/s: median (min–max); the other columns come from the median round, status and X-Cache are summed over all rounds)"
+fi
+rc=0
+TABLE=$("$BIN/benchtool" table "$MANIFEST") || rc=$?
+ABOUT="\`bash bench/run.sh $DUR\` on $(date -u +'%Y-%m-%d %H:%M UTC'): Caddy $CADDY_VERSION, $(go version | cut -d' ' -f3), $(nproc) cores shared by loadgen, Caddy, origin and Redis ($(redis-server --version | cut -d' ' -f3)), $CONNS keep-alive connections, $DUR per row after a $WARMUP warm-up$ROUNDS_NOTE. Load average before/after: $LOAD_START / $LOAD_END. Compare ratios within this table only; absolute numbers depend on the machine."
+if awk -v l="${LOAD_START%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
+	ABOUT="$ABOUT **The machine was already busy when the run started (load average ${LOAD_START%% *}), so rows measured at different moments saw different contention: treat the ratios as rough.**"
+fi
+{
+	echo "# redis_cache benchmark results"
+	echo
+	echo "$ABOUT"
+	echo
+	echo "$TABLE"
+	echo
+	echo "Columns: see bench/README.md."
+} >"$BENCH_DIR/results.md"
+echo
+echo "$ABOUT"
+echo
+echo "$TABLE"
+echo
+log "table written to bench/results.md"
+if [[ $rc -ne 0 ]]; then
+	log "some rows have non-200 statuses, errors or unexpected X-Cache values (marked ⚠)"
+	exit "$rc"
+fi
