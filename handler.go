@@ -500,14 +500,6 @@ func (cr *cacheRequest) coalesceAcrossInstances() (release func(), e *entry) {
 			return nil, nil
 		case <-tick.C:
 		}
-		// Read the lock before the entry: the holder stores, then
-		// releases, so a lock seen free means its entry (if any) is
-		// already visible to the lookup that follows.
-		// The lock's value reads like a generation: zeroGen when absent.
-		held, err := h.store.gens(ctx, []string{lockKey})
-		if err != nil {
-			return nil, nil
-		}
 		found, _, err := cr.lookup()
 		if err != nil {
 			return nil, nil
@@ -515,7 +507,9 @@ func (cr *cacheRequest) coalesceAcrossInstances() (release func(), e *entry) {
 		if found != nil && found.age(time.Now()) < found.freshFor && !found.noCache {
 			return nil, found
 		}
-		if held[0] == zeroGen {
+		// The lock's value reads like a generation: zeroGen when absent.
+		held, err := h.store.gens(ctx, []string{lockKey})
+		if err != nil || held[0] == zeroGen {
 			return nil, nil
 		}
 	}
@@ -725,21 +719,24 @@ func (cr *cacheRequest) storeFetched(res *fetched) {
 	// upstream was answering, this answer may predate a purge that its
 	// lookup could not see coming (a pattern, or a tag the upstream only
 	// now names), so it is not stored.
-	check := make([]string, 0, 1+len(res.tags))
-	check = append(check, h.purgeEpochKey())
-	for _, t := range res.tags {
-		check = append(check, h.tagGenKey(t))
-	}
-	vals, err := h.store.gens(ctx, check)
-	if err != nil {
-		h.logStoreError("store", err)
-		return
-	}
-	if vals[0] != cr.purgeEpoch {
-		return
-	}
-	for i, g := range check[1:] {
-		e.gens = append(e.gens, genStamp{key: g, val: vals[i+1]})
+	// The final write repeats the check atomically where the store can.
+	if len(res.tags) > 0 {
+		check := make([]string, 0, 1+len(res.tags))
+		check = append(check, h.purgeEpochKey())
+		for _, t := range res.tags {
+			check = append(check, h.tagGenKey(t))
+		}
+		vals, err := h.store.gens(ctx, check)
+		if err != nil {
+			h.logStoreError("store", err)
+			return
+		}
+		if vals[0] != cr.purgeEpoch {
+			return
+		}
+		for i, g := range check[1:] {
+			e.gens = append(e.gens, genStamp{key: g, val: vals[i+1]})
+		}
 	}
 	ttl := res.storeTTL
 	key := cr.key.primary
@@ -759,8 +756,11 @@ func (cr *cacheRequest) storeFetched(res *fetched) {
 		key = variantKey(cr.key.primary, epoch, res.vary, cr.r)
 	}
 	raw := e.encode()
-	if err := h.store.set(ctx, key, raw, ttl); err != nil {
+	stored, err := h.store.setIf(ctx, key, raw, ttl, h.purgeEpochKey(), cr.purgeEpoch)
+	if err != nil {
 		h.logStoreError("store", err)
+	}
+	if !stored {
 		return
 	}
 	cr.keepLocal(key, e)

@@ -118,6 +118,19 @@ func (m *memoryStore) set(_ context.Context, key string, value []byte, ttl time.
 	return nil
 }
 
+func (m *memoryStore) setIf(ctx context.Context, key string, value []byte, ttl time.Duration, guard, guardVal string) (bool, error) {
+	m.mu.Lock()
+	cur := m.genValuesLocked([]string{guard}, time.Now())[0]
+	m.mu.Unlock()
+	if cur != guardVal {
+		return false, nil
+	}
+	// A purge between the check and the write is caught by the handler's
+	// generation stamps or by its own deletion, which runs under the lock
+	// after the epoch moved.
+	return true, m.set(ctx, key, value, ttl)
+}
+
 func (m *memoryStore) removeLocked(el *list.Element) {
 	it := el.Value.(*memItem)
 	m.lru.Remove(el)

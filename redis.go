@@ -232,6 +232,41 @@ func (s *redisStore) set(ctx context.Context, key string, value []byte, ttl time
 	return err
 }
 
+// setIfScript writes an entry only while the purge epoch is unchanged, so
+// that no purge can slip between the check and the write.
+var setIfScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[2]) or '0:0'
+if cur ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+`)
+
+func (s *redisStore) setIf(ctx context.Context, key string, value []byte, ttl time.Duration, guard, guardVal string) (bool, error) {
+	if s.auto == nil {
+		// On a Cluster the guard and the entry live in different slots.
+		cur, err := s.gens(ctx, []string{guard})
+		if err != nil || cur[0] != guardVal {
+			return false, err
+		}
+		return true, s.set(ctx, key, value, ttl)
+	}
+	args := []any{value, max(ttl.Milliseconds(), 1), guardVal}
+	keys := []string{key, guard}
+	cmd, err := s.auto.do(ctx, func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
+		return setIfScript.EvalSha(ctx, p, keys, args...)
+	})
+	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		cmd, err = s.auto.do(ctx, func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
+			return setIfScript.Eval(ctx, p, keys, args...)
+		})
+	}
+	if err != nil {
+		return false, err
+	}
+	n, err := cmd.(*redis.Cmd).Int()
+	return n == 1, err
+}
+
 // del removes keys one command each, so keys in different Cluster slots
 // never meet in one multi-key command (CROSSSLOT).
 func (s *redisStore) del(ctx context.Context, keys ...string) (int64, error) {

@@ -25,6 +25,9 @@ type store interface {
 	// gens returns the current value of each generation key.
 	gens(ctx context.Context, gens []string) ([]string, error)
 	set(ctx context.Context, key string, value []byte, ttl time.Duration) error
+	// setIf sets key only while the generation guard still has the value
+	// guardVal, and reports whether it did.
+	setIf(ctx context.Context, key string, value []byte, ttl time.Duration, guard, guardVal string) (bool, error)
 	del(ctx context.Context, keys ...string) (int64, error)
 	// bump advances generation keys: a hard bump invalidates, a soft bump
 	// only marks stale. Each key lives for ttl after its last bump.
@@ -160,6 +163,14 @@ func (g *guardedStore) set(ctx context.Context, key string, value []byte, ttl ti
 	return g.call(ctx, "set", func(ctx context.Context) error {
 		return g.backend.set(ctx, key, value, ttl)
 	})
+}
+
+func (g *guardedStore) setIf(ctx context.Context, key string, value []byte, ttl time.Duration, guard, guardVal string) (ok bool, err error) {
+	err = g.call(ctx, "set", func(ctx context.Context) error {
+		ok, err = g.backend.setIf(ctx, key, value, ttl, guard, guardVal)
+		return err
+	})
+	return ok, err
 }
 
 func (g *guardedStore) del(ctx context.Context, keys ...string) (n int64, err error) {
