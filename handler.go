@@ -619,7 +619,7 @@ func (cr *cacheRequest) serveRevalidated(w http.ResponseWriter, cw *captureWrite
 	cr.countResult(resultHit)
 	if reason != "" {
 		e.storedAt, e.initialAge = time.Now(), 0
-		return cr.serveEntry(w, e, resultHit, "fwd="+cw.fwd+"; fwd-status=304; detail="+reason)
+		return cr.serveEntryAs(w, e, resultHit, "fwd="+cw.fwd+"; fwd-status=304; detail="+reason, false)
 	}
 	res := &fetched{entry: e, storeTTL: plan.storeTTL, vary: old.vary}
 	for _, name := range old.vary {
