@@ -135,29 +135,26 @@ type purgeResult struct {
 
 // purge carries out one admin purge on this handler's store and namespace.
 func (h *Handler) purge(ctx context.Context, p purgeRequest, kind string) (int64, error) {
-	var removed int64
+	key := h.Namespace + ":" + strings.TrimPrefix(p.Key, h.Namespace+":")
+	switch {
+	case kind == "route" && h.routeByName[p.Route] == nil:
+		return 0, apiError(http.StatusBadRequest, "unknown route %q", p.Route)
+	case kind == "key" && !h.isEntryKey(key):
+		return 0, apiError(http.StatusBadRequest, "key %q is not a cache entry key", p.Key)
+	}
 	// First the purge epoch, so that an answer being fetched right now is
 	// not stored after the purge returns (see storeFetched).
-	err := h.store.bump(ctx, false, h.genTTL, h.purgeEpochKey())
-	if err != nil {
+	if err := h.store.bump(ctx, false, h.genTTL, h.purgeEpochKey()); err != nil {
 		return 0, err
 	}
+	var removed int64
+	var err error
 	switch kind {
 	case "route":
-		if _, ok := h.routeByName[p.Route]; !ok {
-			return 0, fmt.Errorf("unknown route %q", p.Route)
-		}
 		err = h.store.bump(ctx, p.Soft, h.genTTL, h.routeGenKey(p.Route))
 	case "tag":
 		err = h.store.bump(ctx, p.Soft, h.genTTL, h.tagGenKey(p.Tag))
 	case "key":
-		key := p.Key
-		if !strings.HasPrefix(key, h.Namespace+":") {
-			key = h.Namespace + ":" + key
-		}
-		if !h.isEntryKey(key) {
-			return 0, apiError(http.StatusBadRequest, "key %q is not a cache entry key", p.Key)
-		}
 		removed, err = h.store.del(ctx, key)
 	case "pattern":
 		removed, err = h.store.scanDelete(ctx, h.Namespace+":"+p.Pattern, func(k string) bool { return !h.isEntryKey(k) })

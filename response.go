@@ -95,7 +95,10 @@ func (cw *captureWriter) writeHeaderLocked(code int) {
 		if cw.header.Get("Content-Length") == "" {
 			cw.streamTimer = time.AfterFunc(streamWindow, cw.becomeStream)
 		}
-	case cw.cr.stale != nil && isServerError(code):
+	case cw.cr.stale != nil && isServerError(code) &&
+		cw.cr.withinStale(cw.cr.stale, cw.cr.stale.age(time.Now()), cw.cr.stale.sie):
+		// Only an error that the stale entry will replace is held back;
+		// any other reaches the client as the upstream sent it.
 		cw.mode = modeDiscard
 	default:
 		cw.passthrough(reason)
@@ -191,6 +194,7 @@ func (cw *captureWriter) flushTo(w http.ResponseWriter, fwd string) {
 	hdr := w.Header()
 	copyHeader(hdr, cw.header)
 	cw.cr.h.stripInternal(hdr)
+	cw.cr.route.protectIdentity(hdr)
 	hdr.Del("Content-Length")
 	hdr.Set("X-Cache", resultMiss)
 	hdr.Add("Cache-Status", cacheStatusForwarded(fwd, cw.status, "upstream-error"))
@@ -365,7 +369,10 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 	}
 	plan.storeTTL = max(plan.freshFor-plan.initialAge, 0) + keepFor
 	plan.storeTTL = min(plan.storeTTL, time.Duration(h.MaxTTL))
-	if plan.storeTTL < time.Second {
+	// Store whatever is still fresh for at least Redis's expiry resolution:
+	// Date's one-second granularity makes a ttl of 1s or max-age=1 arrive
+	// with less than a second left.
+	if plan.storeTTL < time.Millisecond {
 		return storePlan{}, "stale-on-arrival"
 	}
 	return plan, ""
@@ -415,7 +422,9 @@ func freshnessLifetime(rt *Route, cc cacheControl, hdr http.Header, now time.Tim
 func initialAge(hdr http.Header, requestTime, responseTime time.Time) time.Duration {
 	var apparent time.Duration
 	if d, err := http.ParseTime(hdr.Get("Date")); err == nil {
-		apparent = max(0, responseTime.Sub(d))
+		// Date has one-second resolution: compare at that resolution, or
+		// every response would look up to a second old on arrival.
+		apparent = max(0, responseTime.Truncate(time.Second).Sub(d))
 	}
 	var ageValue time.Duration
 	if a := hdr.Get("Age"); a != "" {

@@ -259,7 +259,17 @@ func (b *breaker) allow() bool {
 func (b *breaker) record(err error) {
 	// A reply error (OOM under noeviction, a script error) means the store
 	// is up and answering; only failures to reach it count.
-	failed := err != nil && !errors.Is(err, errBreakerOpen) && !errors.Is(err, context.Canceled) && !isReplyError(err)
+	if errors.Is(err, context.Canceled) || errors.Is(err, errBreakerOpen) {
+		// Says nothing about the store; a probe that ended this way
+		// leaves room for the next one.
+		if b.isOpen.Load() {
+			b.mu.Lock()
+			b.probing = false
+			b.mu.Unlock()
+		}
+		return
+	}
+	failed := err != nil && !isReplyError(err)
 	if !failed && !b.isOpen.Load() {
 		b.mu.Lock()
 		b.failures = 0
