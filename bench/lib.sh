@@ -65,7 +65,11 @@ build_caddy() {
 	fi
 	log "building ./cmd/caddy (first build of Caddy can take minutes; later ones are cached)"
 	if (cd "$ROOT" && go build -o "$BIN/caddy" ./cmd/caddy) >"$WORK/logs/build.log" 2>&1; then
-		if "$BIN/caddy" list-modules 2>/dev/null | grep -qx 'http.handlers.redis_cache'; then
+		# Capture first: grep -q closing the pipe early would fail the
+		# pipeline under pipefail.
+		local modules
+		modules=$("$BIN/caddy" list-modules 2>/dev/null || true)
+		if grep -qx 'http.handlers.redis_cache' <<<"$modules"; then
 			HAVE_MODULE=1
 		else
 			MODULE_NOTE="n/a: ./cmd/caddy builds but has no http.handlers.redis_cache module"
