@@ -500,6 +500,13 @@ func (cr *cacheRequest) coalesceAcrossInstances() (release func(), e *entry) {
 			return nil, nil
 		case <-tick.C:
 		}
+		// The lock first: read after it, the entry of a holder that just
+		// stored and released is seen. The lock's value reads like a
+		// generation: zeroGen when absent.
+		held, err := h.store.gens(ctx, []string{lockKey})
+		if err != nil {
+			return nil, nil
+		}
 		found, _, err := cr.lookup()
 		if err != nil {
 			return nil, nil
@@ -507,9 +514,7 @@ func (cr *cacheRequest) coalesceAcrossInstances() (release func(), e *entry) {
 		if found != nil && found.age(time.Now()) < found.freshFor && !found.noCache {
 			return nil, found
 		}
-		// The lock's value reads like a generation: zeroGen when absent.
-		held, err := h.store.gens(ctx, []string{lockKey})
-		if err != nil || held[0] == zeroGen {
+		if held[0] == zeroGen {
 			return nil, nil
 		}
 	}

@@ -448,3 +448,9 @@ func isReplyError(err error) bool {
 func (s *redisStore) publish(ctx context.Context, msg string) error {
 	return s.client.Publish(ctx, purgeChannel, msg).Err()
 }
+
+// isClosedError reports an operation on a store whose config was unloaded
+// while a request was still using it: not a sign of Redis's health.
+func isClosedError(err error) bool {
+	return errors.Is(err, errStoreClosed) || errors.Is(err, redis.ErrClosed)
+}

@@ -259,7 +259,7 @@ func (b *breaker) allow() bool {
 func (b *breaker) record(err error) {
 	// A reply error (OOM under noeviction, a script error) means the store
 	// is up and answering; only failures to reach it count.
-	if errors.Is(err, context.Canceled) || errors.Is(err, errBreakerOpen) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, errBreakerOpen) || isClosedError(err) {
 		// Says nothing about the store; a probe that ended this way
 		// leaves room for the next one.
 		if b.isOpen.Load() {
