@@ -184,16 +184,8 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 // checkRouteReferences fails adaptation when a route invalidates a route
 // that does not exist, rather than waiting for Validate at load time.
 func (h *Handler) checkRouteReferences(d *caddyfile.Dispenser) error {
-	names := make(map[string]bool, len(h.Routes))
-	for _, rt := range h.Routes {
-		names[rt.Name] = true
-	}
-	for _, rt := range h.Routes {
-		for _, target := range rt.Invalidates {
-			if !names[target] {
-				return d.Errf("route %q: invalidates unknown route %q", rt.Name, target)
-			}
-		}
+	if rt, target := unknownInvalidation(h.Routes); rt != nil {
+		return d.Errf("route %q: invalidates unknown route %q", rt.Name, target)
 	}
 	return nil
 }

@@ -688,25 +688,8 @@ func (cr *cacheRequest) serveFetched(w http.ResponseWriter, res *fetched, status
 }
 
 func (cr *cacheRequest) writeFetched(w http.ResponseWriter, res *fetched, status string) error {
-	hdr := w.Header()
-	for name, vals := range res.entry.header {
-		hdr[name] = vals
-	}
-	cr.stampServed(hdr, res.entry, resultMiss, status)
-	if notModified(cr.r, res.entry.header) {
-		for _, name := range []string{"Content-Length", "Content-Type", "Content-Encoding"} {
-			hdr.Del(name)
-		}
-		w.WriteHeader(http.StatusNotModified)
-		return nil
-	}
-	hdr.Set("Content-Length", strconv.Itoa(len(res.entry.body)))
-	w.WriteHeader(res.entry.status)
-	if cr.r.Method != http.MethodHead && len(res.entry.body) > 0 {
-		if _, err := w.Write(res.entry.body); err != nil {
-			return nil // the client went away; the entry is still stored
-		}
-	}
+	_ = cr.serveEntryAs(w, res.entry, resultMiss, status, false)
+	// The client has the whole answer before the store write begins.
 	if fl, ok := w.(http.Flusher); ok {
 		fl.Flush()
 	}

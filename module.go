@@ -377,14 +377,27 @@ func (h *Handler) Validate() error {
 		}
 		seen[rt.Name] = true
 	}
-	for _, rt := range h.Routes {
-		for _, name := range rt.Invalidates {
-			if !seen[name] {
-				return fmt.Errorf("route %q: invalidates unknown route %q", rt.Name, name)
+	if rt, target := unknownInvalidation(h.Routes); rt != nil {
+		return fmt.Errorf("route %q: invalidates unknown route %q", rt.Name, target)
+	}
+	return nil
+}
+
+// unknownInvalidation finds a route whose invalidates list names a route
+// that does not exist.
+func unknownInvalidation(routes []*Route) (*Route, string) {
+	names := make(map[string]bool, len(routes))
+	for _, rt := range routes {
+		names[rt.Name] = true
+	}
+	for _, rt := range routes {
+		for _, target := range rt.Invalidates {
+			if !names[target] {
+				return rt, target
 			}
 		}
 	}
-	return nil
+	return nil, ""
 }
 
 func (rt *Route) validate() error {
