@@ -90,6 +90,9 @@ func (h *Handler) uncacheableRequest(r *http.Request, rt *Route, canonical bool)
 		return "request-body"
 	case r.Header.Get("Range") != "":
 		return "range"
+	case r.Header.Get("Upgrade") != "":
+		// WebSocket and other upgrades need the connection itself.
+		return "upgrade"
 	case !rt.keyRepl && r.Header.Get("Cookie") != "":
 		return "cookie"
 	}
