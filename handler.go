@@ -116,8 +116,7 @@ func (h *Handler) requestTagGens(r *http.Request, rt *Route) []string {
 // bypass passes a request to the upstream without using the cache, and
 // marks the response as such.
 func (h *Handler) bypass(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rt *Route, fwd, detail string) error {
-	h.metrics.countRequest(rt.Name, resultSkip)
-	rt.stats.skips.Add(1)
+	h.count(rt, resultSkip)
 	sw := &stampWriter{ResponseWriter: w, h: h, xcache: resultSkip, fwd: fwd, detail: detail}
 	if rt.keyRepl && detail != "empty-key" {
 		sw.onHeader = func(_ int, hdr http.Header) { rt.protectIdentity(hdr) }
@@ -410,7 +409,9 @@ func (cr *cacheRequest) stampServed(hdr http.Header, e *entry, xcache, status st
 	}
 	hdr.Set("Age", strconv.FormatInt(int64(age/time.Second), 10))
 	hdr.Set("X-Cache", xcache)
-	hdr["Cache-Status"] = append(hdr.Values("Cache-Status")[:len(hdr.Values("Cache-Status")):len(hdr.Values("Cache-Status"))], cacheStatusName+"; "+status)
+	// Capped, so appending never writes into the stored entry's slice.
+	upstream := hdr.Values("Cache-Status")
+	hdr["Cache-Status"] = append(upstream[:len(upstream):len(upstream)], cacheStatusName+"; "+status)
 	cr.route.applyClientCacheControl(hdr)
 }
 
@@ -463,7 +464,7 @@ func (cr *cacheRequest) fetch(w http.ResponseWriter, fwd string) error {
 	if h.Coalesce {
 		release, e := cr.coalesceAcrossInstances()
 		if e != nil {
-			shared = fetchedFromEntry(e, cr.r)
+			shared = newFetched(e, 0, cr.r) // local waiters share it
 			return cr.serveEntry(w, e, resultMiss, "fwd="+fwd+"; collapsed")
 		}
 		if release != nil {
@@ -533,16 +534,6 @@ func randomToken() string {
 	return hex.EncodeToString(b[:])
 }
 
-// fetchedFromEntry lets local waiters share an entry that another instance
-// stored while this one waited.
-func fetchedFromEntry(e *entry, r *http.Request) *fetched {
-	res := &fetched{entry: e, vary: e.vary}
-	for _, name := range e.vary {
-		res.varyValues = append(res.varyValues, strings.Join(r.Header.Values(name), ", "))
-	}
-	return res
-}
-
 // fetchDirect performs the upstream request and stores the answer when it
 // may be stored. When share is non-nil, a storable answer is published
 // through it for coalesced waiters.
@@ -608,9 +599,7 @@ func (cr *cacheRequest) serveRevalidated(w http.ResponseWriter, cw *captureWrite
 		hdr[name] = vals
 	}
 	plan, reason := h.cacheability(cr, old.status, hdr, cw.start)
-	h.stripInternal(hdr)
-	hdr.Del("Age")
-	hdr.Del("X-Cache")
+	h.cleanForStore(hdr)
 	e := &entry{
 		kind:       kindResponse,
 		status:     old.status,
@@ -629,10 +618,7 @@ func (cr *cacheRequest) serveRevalidated(w http.ResponseWriter, cw *captureWrite
 		e.storedAt, e.initialAge = time.Now(), 0
 		return cr.serveEntryAs(w, e, resultHit, "fwd="+cw.fwd+"; fwd-status=304; detail="+reason, false)
 	}
-	res := &fetched{entry: e, storeTTL: plan.storeTTL, vary: old.vary}
-	for _, name := range old.vary {
-		res.varyValues = append(res.varyValues, strings.Join(cr.r.Header.Values(name), ", "))
-	}
+	res := newFetched(e, plan.storeTTL, cr.r)
 	if share != nil {
 		*share = res
 	}
@@ -647,8 +633,13 @@ func (cr *cacheRequest) countResult(xcache string) {
 	if cr.background {
 		return
 	}
-	cr.h.metrics.countRequest(cr.route.Name, xcache)
-	cr.route.stats.count(xcache)
+	cr.h.count(cr.route, xcache)
+}
+
+// count records a request's result in the metrics and the route's stats.
+func (h *Handler) count(rt *Route, xcache string) {
+	h.metrics.countRequest(rt.Name, xcache)
+	rt.stats.count(xcache)
 }
 
 // upstreamRequest is the request sent upstream on a miss: HEAD becomes

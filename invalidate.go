@@ -23,8 +23,7 @@ func init() {
 // answer is a success (2xx or 3xx), invalidates before the client sees it,
 // so the client's next read cannot get the old data.
 func (h *Handler) serveMutation(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rt *Route, normPath string) error {
-	h.metrics.countRequest(rt.Name, resultSkip)
-	rt.stats.skips.Add(1)
+	h.count(rt, resultSkip)
 	sw := &stampWriter{ResponseWriter: w, h: h, xcache: resultSkip, fwd: "method"}
 	sw.onHeader = func(code int, hdr http.Header) {
 		if code < 200 || code >= 400 {

@@ -172,7 +172,7 @@ func (h *Handler) buildKey(r *http.Request, rt *Route, normPath, keyPart string)
 	}
 	for _, name := range rt.Vary {
 		kh.add(name)
-		kh.add(strings.Join(r.Header.Values(name), ", "))
+		kh.add(headerValue(r, name))
 	}
 	readable := "_"
 	if keyPart != "" {
@@ -191,7 +191,7 @@ func variantKey(primary, epoch string, names []string, r *http.Request) string {
 	kh.add(epoch)
 	for _, name := range names {
 		kh.add(name)
-		kh.add(strings.Join(r.Header.Values(name), ", "))
+		kh.add(headerValue(r, name))
 	}
 	return primary + ":v:" + kh.sum(12)
 }

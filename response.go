@@ -219,15 +219,8 @@ func (cw *captureWriter) result(start time.Time) *fetched {
 		tags:     splitList(hdr.Values(h.TagsHeader)),
 		vary:     varyNames(hdr),
 	}
-	h.stripInternal(hdr)
-	for _, name := range hopByHop {
-		hdr.Del(name)
-	}
-	hdr.Del("Age")
-	hdr.Del("X-Cache")
-	for _, name := range res.vary {
-		res.varyValues = append(res.varyValues, strings.Join(cw.cr.r.Header.Values(name), ", "))
-	}
+	h.cleanForStore(hdr)
+	res.varyValues = varyValues(res.vary, cw.cr.r)
 	res.entry = &entry{
 		kind:       kindResponse,
 		status:     cw.status,
@@ -248,11 +241,46 @@ func (cw *captureWriter) result(start time.Time) *fetched {
 // same Vary variant as the leader's.
 func (f *fetched) sharableWith(r *http.Request) bool {
 	for i, name := range f.vary {
-		if strings.Join(r.Header.Values(name), ", ") != f.varyValues[i] {
+		if headerValue(r, name) != f.varyValues[i] {
 			return false
 		}
 	}
 	return true
+}
+
+// newFetched wraps an entry for coalesced waiters, recording the leader's
+// values of the headers the entry varies on.
+func newFetched(e *entry, storeTTL time.Duration, r *http.Request) *fetched {
+	return &fetched{entry: e, storeTTL: storeTTL, vary: e.vary, varyValues: varyValues(e.vary, r)}
+}
+
+func varyValues(names []string, r *http.Request) []string {
+	if len(names) == 0 {
+		return nil
+	}
+	vals := make([]string, len(names))
+	for i, name := range names {
+		vals[i] = headerValue(r, name)
+	}
+	return vals
+}
+
+// headerValue is a request header's values as one string, the form in
+// which keys and Vary matching compare them.
+func headerValue(r *http.Request, name string) string {
+	return strings.Join(r.Header.Values(name), ", ")
+}
+
+// cleanForStore removes what a stored response must not carry: the
+// upstream's instructions to the cache, hop-by-hop fields and the fields
+// the cache computes anew on every use.
+func (h *Handler) cleanForStore(hdr http.Header) {
+	h.stripInternal(hdr)
+	for _, name := range hopByHop {
+		hdr.Del(name)
+	}
+	hdr.Del("Age")
+	hdr.Del("X-Cache")
 }
 
 var hopByHop = []string{
