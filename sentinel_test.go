@@ -21,19 +21,7 @@ func startSentinel(t *testing.T, master *redisServer) int {
 	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(harnessTool("REDISCACHE_REDIS_SERVER", "redis-server"), conf, "--sentinel")
-	var logs harnessBuffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start sentinel: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_, _ = cmd.Process.Wait()
-		if t.Failed() {
-			t.Logf("sentinel log:\n%s", logs.String())
-		}
-	})
+	logs := runRedisServer(t, "sentinel", conf, "--sentinel")
 	if !harnessWaitUntil(15*time.Second, func() bool {
 		out, err := exec.Command(harnessTool("REDISCACHE_REDIS_CLI", "redis-cli"), "-p", fmt.Sprint(port),
 			"sentinel", "get-master-addr-by-name", "mymaster").Output()
@@ -42,6 +30,27 @@ func startSentinel(t *testing.T, master *redisServer) int {
 		t.Fatalf("sentinel on %d never reported the master:\n%s", port, logs.String())
 	}
 	return port
+}
+
+// runRedisServer starts redis-server with args that the harness's
+// startRedis cannot express (a config file first, TLS only), kills it when
+// the test ends, and returns its log.
+func runRedisServer(t *testing.T, what string, args ...string) *harnessBuffer {
+	t.Helper()
+	cmd := exec.Command(harnessTool("REDISCACHE_REDIS_SERVER", "redis-server"), args...)
+	logs := &harnessBuffer{}
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", what, err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_, _ = cmd.Process.Wait()
+		if t.Failed() {
+			t.Logf("%s log:\n%s", what, logs.String())
+		}
+	})
+	return logs
 }
 
 // A Sentinel master name makes the module find Redis through Sentinel.

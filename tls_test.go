@@ -13,7 +13,6 @@ import (
 	"math/big"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -64,23 +63,11 @@ func startTLSRedis(t *testing.T, password string) int {
 	dir := t.TempDir()
 	cert, key := writeSelfSignedCert(t, dir)
 	port := freePort(t)
-	cmd := exec.Command(harnessTool("REDISCACHE_REDIS_SERVER", "redis-server"),
+	logs := runRedisServer(t, "TLS redis",
 		"--port", "0", "--tls-port", fmt.Sprint(port), "--bind", "127.0.0.1",
 		"--tls-cert-file", cert, "--tls-key-file", key, "--tls-ca-cert-file", cert,
 		"--tls-auth-clients", "no", "--requirepass", password,
 		"--save", "", "--appendonly", "no", "--dir", dir)
-	var logs harnessBuffer
-	cmd.Stdout, cmd.Stderr = &logs, &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start TLS redis: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_, _ = cmd.Process.Wait()
-		if t.Failed() {
-			t.Logf("TLS redis log:\n%s", logs.String())
-		}
-	})
 	client := redis.NewClient(&redis.Options{
 		Addr: fmt.Sprintf("127.0.0.1:%d", port), Password: password,
 		TLSConfig: &tls.Config{InsecureSkipVerify: true},
