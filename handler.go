@@ -28,10 +28,18 @@ const cacheStatusName = "redis_cache"
 
 // overrideHeaders let a client make the upstream answer something other
 // than what the key describes; they are removed from cacheable requests.
-var overrideHeaders = []string{
+// They are kept in canonical form, so removing them costs no allocation.
+var overrideHeaders = canonicalHeaderNames(
 	"X-Original-URL", "X-Rewrite-URL", "X-Override-URL",
 	"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override",
 	"X-Forwarded-Host", "X-Forwarded-Server", "X-Host", "X-Forwarded-Scheme",
+)
+
+func canonicalHeaderNames(names ...string) []string {
+	for i, name := range names {
+		names[i] = http.CanonicalHeaderKey(name)
+	}
+	return names
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
@@ -59,7 +67,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 	for _, name := range overrideHeaders {
-		r.Header.Del(name)
+		delete(r.Header, name)
 	}
 	cr := &cacheRequest{
 		h:       h,
@@ -382,9 +390,7 @@ func (cr *cacheRequest) serveEntryAs(w http.ResponseWriter, e *entry, xcache, st
 		cr.countResult(xcache)
 	}
 	hdr := w.Header()
-	for name, vals := range e.header {
-		hdr[name] = vals
-	}
+	copyHeaderValues(hdr, e.header)
 	cr.stampServed(hdr, e, xcache, status)
 	if notModified(cr.r, e.header) {
 		for _, name := range []string{"Content-Length", "Content-Type", "Content-Encoding", "Content-Range"} {
@@ -399,6 +405,23 @@ func (cr *cacheRequest) serveEntryAs(w http.ResponseWriter, e *entry, xcache, st
 		_, _ = w.Write(e.body)
 	}
 	return nil
+}
+
+// copyHeaderValues copies a stored entry's fields into a response header.
+// The value slices are copied too, into one shared backing array: handlers
+// further out (Caddy's header directive, for one) edit values in place,
+// which must never reach an entry that other requests are served from.
+func copyHeaderValues(dst, src http.Header) {
+	n := 0
+	for _, vals := range src {
+		n += len(vals)
+	}
+	all := make([]string, 0, n)
+	for name, vals := range src {
+		start := len(all)
+		all = append(all, vals...)
+		dst[name] = all[start:len(all):len(all)]
+	}
 }
 
 // stampServed sets the headers every response served by the cache gets.

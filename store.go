@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 )
@@ -440,7 +441,14 @@ func (d *decoder) bytes() []byte {
 	return v
 }
 
-func (d *decoder) str() string { return string(d.bytes()) }
+// str aliases the decoded bytes, which decodeEntry's caller keeps unchanged.
+func (d *decoder) str() string {
+	b := d.bytes()
+	if len(b) == 0 {
+		return ""
+	}
+	return unsafe.String(&b[0], len(b))
+}
 
 // count reads a length prefix, rejecting counts that could not possibly fit
 // in the remaining bytes, so a corrupt value cannot make us allocate much.
@@ -466,7 +474,8 @@ func (d *decoder) byte() byte {
 	return v
 }
 
-// decodeEntry parses a stored value. The body aliases raw.
+// decodeEntry parses a stored value. The body and every string alias raw,
+// so raw must never change afterwards; store values are written once.
 func decodeEntry(raw []byte) (*entry, error) {
 	if len(raw) < 8 || raw[0] != entryMagic0 || raw[1] != entryMagic1 {
 		return nil, errCorrupt
