@@ -149,6 +149,8 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		h.MaxEntrySize, err = sizeArg(d)
 	case "local_cache":
 		h.LocalCache, err = sizeArg(d)
+	case "validated_copies":
+		h.ValidatedCopies, err = sizeOrOffArg(d)
 	case "status":
 		args := d.RemainingArgs()
 		if len(args) == 0 {
@@ -307,6 +309,20 @@ func sizeArg(d *caddyfile.Dispenser) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
+	return parseSize(d, name, arg)
+}
+
+// sizeOrOffArg is sizeArg that also takes "off", as -1.
+func sizeOrOffArg(d *caddyfile.Dispenser) (int64, error) {
+	name := d.Val()
+	arg, err := singleArg(d)
+	if err != nil || arg == "off" {
+		return -1, err
+	}
+	return parseSize(d, name, arg)
+}
+
+func parseSize(d *caddyfile.Dispenser, name, arg string) (int64, error) {
 	n, err := humanize.ParseBytes(arg)
 	if err != nil || n == 0 || n > 1<<40 {
 		return 0, d.Errf("%s %q: not a valid size (e.g. 64MiB)", name, arg)

@@ -270,36 +270,26 @@ func (cr *cacheRequest) lookup() (*entry, string, error) {
 
 func (cr *cacheRequest) lookupStore() (*entry, string, error) {
 	h := cr.h
-	raw, cur, err := h.store.get(cr.r.Context(), cr.key.primary, append(cr.gens[:len(cr.gens):len(cr.gens)], h.purgeEpochKey()))
+	e, cur, present, err := cr.readEntry(cr.key.primary, append(cr.gens[:len(cr.gens):len(cr.gens)], h.purgeEpochKey()))
 	if err != nil {
 		return nil, "", err
 	}
 	cr.cur, cr.purgeEpoch = cur[:len(cur)-1], cur[len(cur)-1]
-	if raw == nil {
-		return nil, "uri-miss", nil
-	}
-	e, err := decodeEntry(raw)
-	if err != nil {
-		h.metrics.countCorrupt()
-		if c := h.logger.Check(zap.DebugLevel, "ignoring corrupt cache entry"); c != nil {
-			c.Write(zap.String("key", cr.key.primary), zap.Error(err))
-		}
+	switch {
+	case e == nil && present:
 		return nil, "miss", nil
+	case e == nil:
+		return nil, "uri-miss", nil
 	}
 	key := cr.key.primary
 	if e.kind == kindVaryIndex {
 		cr.varyIdx = e
 		cr.keepLocal(key, e)
 		key = variantKey(cr.key.primary, e.varyEpoch, e.vary, cr.r)
-		raw, _, err = h.store.get(cr.r.Context(), key, nil)
-		if err != nil {
+		if e, _, _, err = cr.readEntry(key, nil); err != nil {
 			return nil, "", err
 		}
-		if raw == nil {
-			return nil, "vary-miss", nil
-		}
-		if e, err = decodeEntry(raw); err != nil || e.kind != kindResponse {
-			h.metrics.countCorrupt()
+		if e == nil || e.kind != kindResponse {
 			return nil, "vary-miss", nil
 		}
 	}
@@ -312,6 +302,45 @@ func (cr *cacheRequest) lookupStore() (*entry, string, error) {
 	}
 	cr.keepLocal(key, e)
 	return e, "", nil
+}
+
+// readEntry reads the entry at key and the generations gens in one round
+// trip. When this instance holds a validated copy of the entry, only the
+// entry's tail is read to check that the copy is still what Redis holds.
+// A nil entry comes with whether a (corrupt) value was there.
+func (cr *cacheRequest) readEntry(key string, gens []string) (e *entry, cur []string, present bool, err error) {
+	h := cr.h
+	copies := h.store.copies
+	var held *lruItem
+	var tail []byte
+	if copies != nil {
+		if held = copies.get(key); held != nil {
+			tail = held.tail
+		}
+	}
+	raw, cur, unchanged, err := h.store.get(cr.r.Context(), key, gens, tail)
+	switch {
+	case err != nil:
+		return nil, nil, false, err
+	case unchanged:
+		return held.e, cur, true, nil
+	case held != nil:
+		copies.remove(key)
+	}
+	if raw == nil {
+		return nil, cur, false, nil
+	}
+	if e, err = decodeEntry(raw); err != nil {
+		h.metrics.countCorrupt()
+		if c := h.logger.Check(zap.DebugLevel, "ignoring corrupt cache entry"); c != nil {
+			c.Write(zap.String("key", key), zap.Error(err))
+		}
+		return nil, cur, true, nil
+	}
+	if copies != nil {
+		copies.put(key, e, entryTail(raw), time.Time{})
+	}
+	return e, cur, true, nil
 }
 
 // gensValid reports whether no generation the entry recorded was hard
@@ -767,6 +796,9 @@ func (cr *cacheRequest) storeFetched(res *fetched) {
 	}
 	if !stored {
 		return
+	}
+	if copies := h.store.copies; copies != nil {
+		copies.put(key, e, entryTail(raw), time.Time{})
 	}
 	cr.keepLocal(key, e)
 	h.metrics.addStored(cr.route.Name, len(raw))

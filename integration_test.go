@@ -1477,9 +1477,13 @@ func TestIntegrationCorruptEntry(t *testing.T) {
 		{"empty", func([]byte) []byte { return []byte{} }},
 		{"json", func([]byte) []byte { return []byte(`{"status":200,"body":"evil"}`) }},
 		{"truncated", func(v []byte) []byte { return append([]byte(nil), v[:len(v)/2]...) }},
+		// In the entry's last 12 bytes, which a Caddy holding a validated
+		// copy reads on every hit; a flip elsewhere in a value it holds a
+		// copy of goes unnoticed, as the copy is the value that was stored
+		// (TestEntryCorruptionIsDetected covers the checksum everywhere).
 		{"bit flip", func(v []byte) []byte {
 			b := append([]byte(nil), v...)
-			b[len(b)/2] ^= 0x40
+			b[len(b)-6] ^= 0x40
 			return b
 		}},
 		{"future version", func(v []byte) []byte {

@@ -193,6 +193,11 @@ func apiError(status int, format string, args ...any) error {
 	return caddy.APIError{HTTPStatus: status, Err: fmt.Errorf(format, args...)}
 }
 
+func lruStats(c *entryLRU) map[string]any {
+	n, size := c.size()
+	return map[string]any{"entries": n, "bytes": size, "limit": c.limit}
+}
+
 // uniqueHandlers returns one live handler per store and namespace, so a
 // purge touches each shared keyspace once.
 func uniqueHandlers() []*Handler {
@@ -277,13 +282,16 @@ func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 		LatencyMS float64        `json:"latency_ms,omitempty"` // one INFO round trip
 		Routes    map[string]any `json:"routes"`
 		Local     map[string]any `json:"local_tier,omitempty"`
+		Copies    map[string]any `json:"validated_copies,omitempty"`
 	}
 	var out []storeJSON
 	for _, h := range uniqueHandlers() {
 		s := storeJSON{Namespace: h.Namespace, Healthy: !h.store.breaker.isOpen.Load(), Routes: map[string]any{}}
 		if lt := h.store.local; lt != nil {
-			n, size := lt.size()
-			s.Local = map[string]any{"entries": n, "bytes": size, "limit": lt.limit}
+			s.Local = lruStats(lt.entries)
+		}
+		if c := h.store.copies; c != nil {
+			s.Copies = lruStats(c)
 		}
 		if s.Healthy {
 			ctx, cancel := context.WithTimeout(r.Context(), time.Second)

@@ -1,7 +1,6 @@
 package rediscache
 
 import (
-	"container/list"
 	"context"
 	"strings"
 	"sync"
@@ -19,24 +18,12 @@ import (
 // they were read from the store, which bounds staleness should a purge
 // message be lost.
 type localTier struct {
-	limit  int64
-	maxAge time.Duration
-
-	mu      sync.Mutex
-	used    int64
-	entries map[string]*list.Element
-	lru     *list.List
+	entries *entryLRU
+	maxAge  time.Duration
 
 	gensMu sync.RWMutex
 	gens   map[string]localGen
 	epoch  uint64 // advances on every purge message, see observeGens
-}
-
-type localItem struct {
-	key     string
-	e       *entry
-	size    int64
-	expires time.Time
 }
 
 type localGen struct {
@@ -54,10 +41,8 @@ const localGenMaxAge = time.Second
 
 func newLocalTier(limit int64) *localTier {
 	return &localTier{
-		limit:   limit,
+		entries: newEntryLRU(limit),
 		maxAge:  localGenMaxAge,
-		entries: make(map[string]*list.Element),
-		lru:     list.New(),
 		gens:    make(map[string]localGen),
 	}
 }
@@ -76,19 +61,10 @@ func (lt *localTier) get(primary string, variant func(*entry) string) *entry {
 }
 
 func (lt *localTier) entry(key string) *entry {
-	lt.mu.Lock()
-	defer lt.mu.Unlock()
-	el, ok := lt.entries[key]
-	if !ok {
-		return nil
+	if it := lt.entries.get(key); it != nil {
+		return it.e
 	}
-	it := el.Value.(*localItem)
-	if time.Now().After(it.expires) {
-		lt.removeLocked(el)
-		return nil
-	}
-	lt.lru.MoveToFront(el)
-	return it.e
+	return nil
 }
 
 func (lt *localTier) gensCurrent(e *entry) bool {
@@ -109,33 +85,10 @@ func (lt *localTier) gensCurrent(e *entry) bool {
 // whose notice was lost has no generation to betray it, so it must be
 // read from the store again at least that often.
 func (lt *localTier) put(key string, e *entry, ttl time.Duration) {
-	size := int64(len(key)+len(e.body)) + memOverhead
-	for k, vs := range e.header {
-		size += int64(len(k))
-		for _, v := range vs {
-			size += int64(len(v))
-		}
-	}
-	if size > lt.limit/8 || ttl <= 0 {
+	if ttl <= 0 {
 		return
 	}
-	lt.mu.Lock()
-	defer lt.mu.Unlock()
-	if el, ok := lt.entries[key]; ok {
-		lt.removeLocked(el)
-	}
-	for lt.used+size > lt.limit && lt.lru.Len() > 0 {
-		lt.removeLocked(lt.lru.Back())
-	}
-	lt.entries[key] = lt.lru.PushFront(&localItem{key: key, e: e, size: size, expires: time.Now().Add(min(ttl, lt.maxAge))})
-	lt.used += size
-}
-
-func (lt *localTier) removeLocked(el *list.Element) {
-	it := el.Value.(*localItem)
-	lt.lru.Remove(el)
-	delete(lt.entries, it.key)
-	lt.used -= it.size
+	lt.entries.put(key, e, nil, time.Now().Add(min(ttl, lt.maxAge)))
 }
 
 // readEpoch is taken before a store read whose generation values will be
@@ -185,18 +138,10 @@ func (lt *localTier) clear() {
 	lt.epoch++
 	lt.gens = make(map[string]localGen)
 	lt.gensMu.Unlock()
-	lt.mu.Lock()
-	lt.entries = make(map[string]*list.Element)
-	lt.lru.Init()
-	lt.used = 0
-	lt.mu.Unlock()
+	lt.entries.clear()
 }
 
-func (lt *localTier) size() (entries int, bytes int64) {
-	lt.mu.Lock()
-	defer lt.mu.Unlock()
-	return len(lt.entries), lt.used
-}
+func (lt *localTier) size() (entries int, bytes int64) { return lt.entries.size() }
 
 // handleNotice applies a purge notice from any instance, this one included.
 func (lt *localTier) handleNotice(msg string) {

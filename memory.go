@@ -58,22 +58,23 @@ func (m *memoryStore) kind() string { return "memory" }
 
 func (m *memoryStore) close() error { return nil }
 
-func (m *memoryStore) get(_ context.Context, key string, gens []string) ([]byte, []string, error) {
+// get ignores tail: the value is already in process.
+func (m *memoryStore) get(_ context.Context, key string, gens []string, _ []byte) ([]byte, []string, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := time.Now()
 	cur := m.genValuesLocked(gens, now)
 	el, ok := m.items[key]
 	if !ok {
-		return nil, cur, nil
+		return nil, cur, false, nil
 	}
 	it := el.Value.(*memItem)
 	if now.After(it.expires) {
 		m.removeLocked(el)
-		return nil, cur, nil
+		return nil, cur, false, nil
 	}
 	m.lru.MoveToFront(el)
-	return it.value, cur, nil
+	return it.value, cur, false, nil
 }
 
 func (m *memoryStore) genValuesLocked(gens []string, now time.Time) []string {

@@ -29,6 +29,7 @@ const (
 	defaultBreakerFailures = 5
 	defaultBreakerCooldown = 2 * time.Second
 	defaultMemoryLimit     = 64 << 20
+	defaultValidatedCopies = 32 << 20
 	defaultMaxEntrySize    = 4 << 20
 	defaultMaxTTL          = 24 * time.Hour
 	defaultCoalesceWait    = 10 * time.Second
@@ -94,6 +95,15 @@ type Handler struct {
 	// once; should a notice be lost, a purged entry is served for at most
 	// one second. Default: off.
 	LocalCache int64 `json:"local_cache,omitempty"`
+
+	// ValidatedCopies bounds, in bytes, the decoded copies of Redis entries
+	// that each Caddy keeps in process. A hit on an entry held here still
+	// asks Redis, in the same round trip as its generation checks, whether
+	// the entry is unchanged, but reads only its last 12 bytes instead of
+	// the whole response, and decodes nothing. So it never serves anything
+	// Redis no longer holds, unlike local_cache. Used only with Redis.
+	// Default: 32 MiB; -1 turns it off.
+	ValidatedCopies int64 `json:"validated_copies,omitempty"`
 
 	// MaxEntrySize is the largest response body that is stored. Larger
 	// bodies stream straight to the client and are not held in memory.
@@ -291,6 +301,9 @@ func (h *Handler) setDefaults() {
 	if h.BreakerCooldown == 0 {
 		h.BreakerCooldown = caddy.Duration(defaultBreakerCooldown)
 	}
+	if h.ValidatedCopies == 0 {
+		h.ValidatedCopies = defaultValidatedCopies
+	}
 	if h.MemoryLimit == 0 {
 		h.MemoryLimit = defaultMemoryLimit
 	}
@@ -351,6 +364,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.BreakerFailures < 0 || h.MemoryLimit < 0 || h.MaxEntrySize < 0 || h.LocalCache < 0 {
 		return fmt.Errorf("breaker_failures, memory_limit, local_cache and max_entry_size must not be negative")
+	}
+	if h.ValidatedCopies < -1 {
+		return fmt.Errorf("validated_copies %d: must be a size in bytes, or -1 for off", h.ValidatedCopies)
 	}
 	switch h.RequestCacheControl {
 	case "", "ignore", "honor":
@@ -455,6 +471,7 @@ func (h *Handler) obtainStore() (*guardedStore, string, error) {
 		breakerCooldown: time.Duration(h.BreakerCooldown),
 		memoryLimit:     h.MemoryLimit,
 		localLimit:      h.LocalCache,
+		copiesLimit:     h.ValidatedCopies,
 	}
 	for i, u := range h.Redis {
 		opts.urls[i] = repl.ReplaceKnown(u, "")
@@ -472,9 +489,9 @@ func (h *Handler) obtainStore() (*guardedStore, string, error) {
 // poolKey identifies a store configuration; the hash keeps secrets out of
 // anything that might print the key.
 func (o storeOptions) poolKey() string {
-	sum := sha256.Sum256([]byte(fmt.Sprintf("%q|%q|%q|%q|%s|%d|%s|%d|%d",
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%q|%q|%q|%q|%s|%d|%s|%d|%d|%d",
 		o.urls, o.username, o.password, o.sentinelMaster, o.timeout,
-		o.breakerFailures, o.breakerCooldown, o.memoryLimit, o.localLimit)))
+		o.breakerFailures, o.breakerCooldown, o.memoryLimit, o.localLimit, o.copiesLimit)))
 	return "redis_cache:" + hex.EncodeToString(sum[:16])
 }
 

@@ -130,36 +130,120 @@ func (s *redisStore) close() error {
 	return s.client.Close()
 }
 
-func (s *redisStore) get(ctx context.Context, key string, gens []string) ([]byte, []string, error) {
-	if _, cluster := s.client.(*redis.ClusterClient); !cluster {
-		return s.mget(ctx, key, gens)
+func (s *redisStore) get(ctx context.Context, key string, gens []string, tail []byte) ([]byte, []string, bool, error) {
+	var cur []string
+	var got string
+	var err error
+	switch _, cluster := s.client.(*redis.ClusterClient); {
+	case cluster:
+		var val []byte
+		if val, cur, got, err = s.clusterGet(ctx, key, gens, tail != nil); err != nil || tail == nil {
+			return val, cur, false, err
+		}
+	case tail == nil:
+		val, cur, err := s.mget(ctx, key, gens)
+		return val, cur, false, err
+	default:
+		if cur, got, err = s.gensAndTail(ctx, key, gens); err != nil {
+			return nil, nil, false, err
+		}
 	}
-	// On a Cluster the keys live in different slots: pipelined GETs reach
-	// every node in parallel, where one MGET would fail with CROSSSLOT.
+	switch got {
+	case string(tail):
+		return nil, cur, true, nil
+	case "":
+		return nil, cur, false, nil // GETRANGE of a missing key
+	}
+	// Replaced since the caller's copy was read: one more round trip.
+	val, err := s.value(ctx, key)
+	return val, cur, false, err
+}
+
+// foreignTail stands for the tail of a key holding another type: it
+// matches no entry's, so the value is read in full and found foreign.
+const foreignTail = "foreign"
+
+func (s *redisStore) value(ctx context.Context, key string) ([]byte, error) {
+	if _, cluster := s.client.(*redis.ClusterClient); cluster {
+		val, _, _, err := s.clusterGet(ctx, key, nil, false)
+		return val, err
+	}
+	val, _, err := s.mget(ctx, key, nil)
+	return val, err
+}
+
+// gensAndTail reads the generations and the value's entryTail in one round
+// trip. A key holding another type reads as changed.
+func (s *redisStore) gensAndTail(ctx context.Context, key string, gens []string) ([]string, string, error) {
+	var gensCmd *redis.SliceCmd
+	cmd, err := s.auto.do(ctx, func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
+		if len(gens) > 0 {
+			gensCmd = p.MGet(ctx, gens...)
+		}
+		return p.GetRange(ctx, key, -entryTailLen, -1)
+	})
+	if err != nil && !redis.HasErrorPrefix(err, "WRONGTYPE") {
+		return nil, "", err
+	}
+	cur := make([]string, len(gens))
+	if gensCmd != nil {
+		if err := gensCmd.Err(); err != nil {
+			return nil, "", err
+		}
+		for i, v := range gensCmd.Val() {
+			cur[i] = zeroGen
+			if v, ok := v.(string); ok {
+				cur[i] = v
+			}
+		}
+	}
+	if err != nil {
+		return cur, foreignTail, nil
+	}
+	return cur, cmd.(*redis.StringCmd).Val(), nil
+}
+
+// clusterGet is get on a Cluster, where the keys live in different slots:
+// pipelined reads reach every node in parallel, where one MGET would fail
+// with CROSSSLOT. With onlyTail, it reads the value's entryTail instead of
+// the value.
+func (s *redisStore) clusterGet(ctx context.Context, key string, gens []string, onlyTail bool) ([]byte, []string, string, error) {
 	pipe := s.client.Pipeline()
-	valCmd := pipe.Get(ctx, key)
+	var valCmd *redis.StringCmd
+	if onlyTail {
+		valCmd = pipe.GetRange(ctx, key, -entryTailLen, -1)
+	} else {
+		valCmd = pipe.Get(ctx, key)
+	}
 	genCmds := make([]*redis.StringCmd, len(gens))
 	for i, g := range gens {
 		genCmds[i] = pipe.Get(ctx, g)
 	}
 	_, err := pipe.Exec(ctx)
 	if err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "WRONGTYPE") {
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	cur, err := genValues(genCmds)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, "", err
 	}
 	val, err := valCmd.Bytes()
-	if errors.Is(err, redis.Nil) {
-		return nil, cur, nil
-	}
-	if redis.HasErrorPrefix(err, "WRONGTYPE") {
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil, cur, "", nil
+	case redis.HasErrorPrefix(err, "WRONGTYPE"):
 		// A foreign value of another type: a miss (it decodes as corrupt)
 		// that the next SET overwrites, not a store failure.
-		return []byte{}, cur, nil
+		if onlyTail {
+			return nil, cur, foreignTail, nil
+		}
+		return []byte{}, cur, "", nil
+	case err != nil:
+		return nil, nil, "", err
+	case onlyTail:
+		return nil, cur, string(val), nil
 	}
-	return val, cur, err
+	return val, cur, "", nil
 }
 
 // mget is the lookup on a single Redis: one command for the entry and its

@@ -2,6 +2,7 @@ package rediscache
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -21,8 +22,11 @@ import (
 // invalidates every entry that recorded an older value, in one write.
 type store interface {
 	// get returns the value at key (nil when absent) and the current value
-	// of each generation key, in one round trip.
-	get(ctx context.Context, key string, gens []string) ([]byte, []string, error)
+	// of each generation key, in one round trip. When tail is set (the
+	// entryTail of a value the caller holds decoded) and the value still
+	// ends with it, get reports it unchanged instead of returning it; a
+	// backend may also ignore tail.
+	get(ctx context.Context, key string, gens []string, tail []byte) (val []byte, cur []string, unchanged bool, err error)
 	// gens returns the current value of each generation key.
 	gens(ctx context.Context, gens []string) ([]string, error)
 	set(ctx context.Context, key string, value []byte, ttl time.Duration) error
@@ -60,6 +64,7 @@ type storeOptions struct {
 	breakerCooldown time.Duration
 	memoryLimit     int64
 	localLimit      int64
+	copiesLimit     int64
 }
 
 // guardedStore bounds every store call by a timeout and a circuit breaker,
@@ -71,6 +76,7 @@ type guardedStore struct {
 	metrics *handlerMetrics
 
 	local      *localTier // nil unless local_cache is set and Redis is used
+	copies     *entryLRU  // validated copies; nil unless Redis is used
 	publisher  func(ctx context.Context, msg string) error
 	stopListen context.CancelFunc
 }
@@ -91,6 +97,9 @@ func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetr
 		backend: backend,
 		timeout: opts.timeout,
 		metrics: metrics,
+	}
+	if rs != nil && opts.copiesLimit > 0 {
+		g.copies = newEntryLRU(opts.copiesLimit)
 	}
 	if rs != nil && opts.localLimit > 0 {
 		g.local = newLocalTier(opts.localLimit)
@@ -144,12 +153,12 @@ func (g *guardedStore) call(ctx context.Context, name string, op func(context.Co
 	return err
 }
 
-func (g *guardedStore) get(ctx context.Context, key string, gens []string) (val []byte, cur []string, err error) {
+func (g *guardedStore) get(ctx context.Context, key string, gens []string, tail []byte) (val []byte, cur []string, unchanged bool, err error) {
 	err = g.call(ctx, "get", func(ctx context.Context) error {
-		val, cur, err = g.backend.get(ctx, key, gens)
+		val, cur, unchanged, err = g.backend.get(ctx, key, gens, tail)
 		return err
 	})
-	return val, cur, err
+	return val, cur, unchanged, err
 }
 
 func (g *guardedStore) gens(ctx context.Context, gens []string) (cur []string, err error) {
@@ -301,14 +310,17 @@ func (b *breaker) record(err error) {
 
 // Entry encoding. A stored value is:
 //
-//	magic "RC" | version | kind | fields... | crc32c of everything before
+//	magic "RC" | version | kind | fields... | random id (8) | crc32c of everything before
 //
 // A value that fails any check decodes as an error, which the handler
-// treats as a miss and overwrites.
+// treats as a miss and overwrites. The last entryTailLen bytes (id and
+// checksum) identify one stored value: an instance holding a decoded copy
+// of it checks that the value is unchanged by reading only those.
 const (
 	entryMagic0   = 'R'
 	entryMagic1   = 'C'
-	entryVersion  = 1
+	entryVersion  = 2
+	entryTailLen  = 12
 	kindResponse  = 1
 	kindVaryIndex = 2
 )
@@ -386,7 +398,18 @@ func (e *entry) encode() []byte {
 	}
 	b = binary.AppendUvarint(b, uint64(len(e.body)))
 	b = append(b, e.body...)
+	var id [8]byte
+	_, _ = rand.Read(id[:])
+	b = append(b, id[:]...)
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
+}
+
+// entryTail returns the bytes that identify an encoded value, or nil.
+func entryTail(raw []byte) []byte {
+	if len(raw) < entryTailLen {
+		return nil
+	}
+	return raw[len(raw)-entryTailLen:]
 }
 
 // mustRevalidate reports whether the origin forbade serving e stale.
@@ -477,7 +500,7 @@ func (d *decoder) byte() byte {
 // decodeEntry parses a stored value. The body and every string alias raw,
 // so raw must never change afterwards; store values are written once.
 func decodeEntry(raw []byte) (*entry, error) {
-	if len(raw) < 8 || raw[0] != entryMagic0 || raw[1] != entryMagic1 {
+	if len(raw) < 8+entryTailLen || raw[0] != entryMagic0 || raw[1] != entryMagic1 {
 		return nil, errCorrupt
 	}
 	if raw[2] != entryVersion {
@@ -487,7 +510,7 @@ func decodeEntry(raw []byte) (*entry, error) {
 	if crc32.Checksum(payload, crcTable) != binary.BigEndian.Uint32(raw[len(raw)-4:]) {
 		return nil, fmt.Errorf("%w: checksum mismatch", errCorrupt)
 	}
-	d := &decoder{b: payload[4:]}
+	d := &decoder{b: payload[4 : len(payload)-8]}
 	e := &entry{kind: raw[3]}
 	if e.kind != kindResponse && e.kind != kindVaryIndex {
 		return nil, fmt.Errorf("%w: unknown kind %d", errCorrupt, e.kind)

@@ -488,15 +488,15 @@ func TestMemoryStoreBoundAndEviction(t *testing.T) {
 	if m.used > m.limit {
 		t.Errorf("used %d bytes, limit %d", m.used, m.limit)
 	}
-	if got, _, _ := m.get(ctx, "key-0049", nil); got == nil {
+	if got, _, _, _ := m.get(ctx, "key-0049", nil, nil); got == nil {
 		t.Errorf("most recent entry was evicted")
 	}
-	if got, _, _ := m.get(ctx, "key-0000", nil); got != nil {
+	if got, _, _, _ := m.get(ctx, "key-0000", nil, nil); got != nil {
 		t.Errorf("oldest entry survived eviction")
 	}
 	_ = m.set(ctx, "short", val, time.Millisecond)
 	time.Sleep(5 * time.Millisecond)
-	if got, _, _ := m.get(ctx, "short", nil); got != nil {
+	if got, _, _, _ := m.get(ctx, "short", nil, nil); got != nil {
 		t.Errorf("expired entry returned")
 	}
 }

@@ -344,7 +344,8 @@ type visStats struct {
 			Skips    int64   `json:"skips"`
 			HitRatio float64 `json:"hit_ratio"`
 		} `json:"routes"`
-		Local map[string]any `json:"local_tier"`
+		Local  map[string]any `json:"local_tier"`
+		Copies map[string]any `json:"validated_copies"`
 	} `json:"stores"`
 }
 

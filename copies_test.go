@@ -1,0 +1,93 @@
+package rediscache
+
+import (
+	"context"
+	"net/http"
+	"testing"
+)
+
+// Validated copies (on by default with Redis): a Caddy that holds a decoded
+// copy of an entry serves it only while Redis still holds that very entry.
+// Whatever replaced or removed the entry in Redis (another instance, a
+// purge, an operator) is what the next request sees.
+func TestValidatedCopiesFollowRedis(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	u := newUpstream(t)
+	site := integSite(u, integRedis(r)+`
+		route content /api/content* 5m`)
+	a := startCaddy(t, site)
+	b := startCaddy(t, site)
+	rc := r.Client()
+	ctx := context.Background()
+	const path = "/api/content/1"
+	// Both instances use the same keys only for the same Host.
+	const host = "Host: 127.0.0.1"
+
+	first := integMissThenHit(t, a, u, path, host)
+	st, raw := visGetStats(t, a)
+	if n, _ := st.Stores[0].Copies["entries"].(float64); n < 1 {
+		t.Fatalf("stats: no validated copy held after a hit: %s", raw)
+	}
+
+	// Another writer replaces the entry with the same generations.
+	keys := integEntryKeys(r, "rcache", "content")
+	if len(keys) != 1 {
+		t.Fatalf("entry keys %v, want one", keys)
+	}
+	stored, err := rc.Get(ctx, keys[0]).Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := decodeEntry(stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const replaced = `{"replaced":true}`
+	e.body = []byte(replaced)
+	ttl := rc.PTTL(ctx, keys[0]).Val()
+	if err := rc.Set(ctx, keys[0], e.encode(), ttl).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*caddyProc{a, b} {
+		resp, body := c.Get(path, host)
+		integExpect(t, "after the entry was replaced", resp, body, http.StatusOK, "HIT")
+		if body != replaced {
+			t.Fatalf("port %d served %q after Redis's entry was replaced with %q (first body %q)", c.HTTPPort, body, replaced, first)
+		}
+	}
+
+	// Removed from Redis: a miss on the instance holding the copy.
+	if err := rc.Del(ctx, keys[0]).Err(); err != nil {
+		t.Fatal(err)
+	}
+	resp, body := a.Get(path, host)
+	integExpect(t, "after the entry was deleted", resp, body, http.StatusOK, "MISS")
+	if n := u.Calls("GET", "/api/content/1"); n != 2 {
+		t.Fatalf("upstream called %d times, want 2", n)
+	}
+
+	// A pattern purge (deleting the entries) through the other instance.
+	integMissThenHit(t, a, u, "/api/content/2", host)
+	if code, out := b.Admin(http.MethodPost, "/redis_cache/purge", `{"pattern":"content:*"}`); code != http.StatusOK {
+		t.Fatalf("purge: %d %s", code, out)
+	}
+	resp, body = a.Get("/api/content/2", host)
+	integExpect(t, "after a purge on the other instance", resp, body, http.StatusOK, "MISS")
+}
+
+// validated_copies off: every hit reads the whole entry; the stats say no
+// copies are held.
+func TestValidatedCopiesOff(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	u := newUpstream(t)
+	c := startCaddy(t, integSite(u, integRedis(r)+`
+		validated_copies off
+		route content /api/content* 5m`))
+	integMissThenHit(t, c, u, "/api/content/1")
+	st, raw := visGetStats(t, c)
+	if st.Stores[0].Copies != nil {
+		t.Fatalf("stats show validated copies although they are off: %s", raw)
+	}
+}
