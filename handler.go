@@ -1,6 +1,7 @@
 package rediscache
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -798,7 +799,8 @@ func (cr *cacheRequest) storeFetched(res *fetched) {
 		return
 	}
 	if copies := h.store.copies; copies != nil {
-		copies.put(key, e, entryTail(raw), time.Time{})
+		// A copy of the tail: one aliasing raw would keep all of it alive.
+		copies.put(key, e, bytes.Clone(entryTail(raw)), time.Time{})
 	}
 	cr.keepLocal(key, e)
 	h.metrics.addStored(cr.route.Name, len(raw))

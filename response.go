@@ -92,8 +92,13 @@ func (cw *captureWriter) writeHeaderLocked(code int) {
 	case reason == "":
 		cw.plan = plan
 		cw.mode = modeBuffer
-		if cw.header.Get("Content-Length") == "" {
+		n, err := strconv.ParseInt(cw.header.Get("Content-Length"), 10, 64)
+		switch {
+		case err != nil:
 			cw.streamTimer = time.AfterFunc(streamWindow, cw.becomeStream)
+		case n > 0 && n <= cw.cr.h.MaxEntrySize:
+			// One allocation for the body, instead of doubling up to it.
+			cw.buf.Grow(int(n))
 		}
 	case cw.cr.stale != nil && isServerError(code) &&
 		cw.cr.withinStale(cw.cr.stale, cw.cr.stale.age(time.Now()), cw.cr.stale.sie):

@@ -341,6 +341,7 @@ func TestCaddyfileParses(t *testing.T) {
 		breaker 5 3s
 		memory_limit 16MiB
 		max_entry_size 1MB
+		validated_copies 8MiB
 		status 200 404
 		route dashboard /api/dashboard* 5m {
 			key {http.request.header.X-User-Id}
@@ -364,7 +365,7 @@ func TestCaddyfileParses(t *testing.T) {
 	if len(h.Redis) != 2 || h.Password != "{env.REDIS_TOKEN}" || h.Namespace != "app" {
 		t.Errorf("store settings: %+v", h)
 	}
-	if !reflect.DeepEqual(h.PurgeOn, []string{"POST", "PUT"}) || h.BreakerFailures != 5 || h.MemoryLimit != 16<<20 || h.MaxEntrySize != 1_000_000 {
+	if !reflect.DeepEqual(h.PurgeOn, []string{"POST", "PUT"}) || h.BreakerFailures != 5 || h.MemoryLimit != 16<<20 || h.MaxEntrySize != 1_000_000 || h.ValidatedCopies != 8<<20 {
 		t.Errorf("settings: %+v", h)
 	}
 	if len(h.Routes) != 2 {
@@ -404,6 +405,8 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad purge mode", `redis_cache { route a /a 1m { purge everything } }`, `purge "everything": must be 'route' or 'uri'`},
 		{"force_ttl without ttl", `redis_cache { route a /a { force_ttl } }`, `force_ttl needs a ttl`},
 		{"bad size", `redis_cache { memory_limit lots }`, `memory_limit "lots": not a valid size`},
+		{"bad validated_copies", `redis_cache { validated_copies some }`, `validated_copies "some": not a valid size`},
+		{"validated_copies without size", `redis_cache { validated_copies }`, `wrong argument count`},
 		{"bad status", `redis_cache { status 200 abc }`, `status "abc": not an HTTP status code`},
 		{"bad breaker", `redis_cache { breaker 0 1s }`, `breaker failures "0"`},
 		{"bad namespace", `redis_cache { namespace "a:b" }`, `namespace "a:b"`},
@@ -434,6 +437,7 @@ func TestValidateNamesTheProblem(t *testing.T) {
 		{"bad path", Handler{Routes: []*Route{{Name: "a", Path: "a"}}}, `must start with '/'`},
 		{"bad status", Handler{CacheableStatus: []int{99}}, `status 99`},
 		{"lower-case method", Handler{PurgeOn: []string{"post"}}, `purge_on "post"`},
+		{"negative validated copies", Handler{ValidatedCopies: -2}, `validated_copies -2`},
 	}
 	for _, c := range cases {
 		c.h.setDefaults()

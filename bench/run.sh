@@ -7,7 +7,7 @@
 # bench/results.md. Only the ratios within one run mean anything: the load
 # generator, Caddy, the origin and Redis share the machine's cores.
 #
-# Environment: CONNS (default 32), WARMUP (default 1s, unmeasured, before each
+# Environment: BENCH_LOADER (wrk when installed, else loadgen), CONNS (default 32), WARMUP (default 1s, unmeasured, before each
 # row), ROUNDS (default 1; with N > 1 every row is measured N times, rounds
 # interleaved, and the table shows the median round), KEEP_WORK=1 keeps logs and raw JSON in the temp dir, BENCH_STOCK_CADDY=1
 # builds stock Caddy (the cache rows print n/a) to test the harness itself.
@@ -27,6 +27,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 MANIFEST="$WORK/manifest"
 : >"$MANIFEST"
 RUN_ID=$(date +%s)$$
+# The load generator: wrk when installed (it costs the shared cores far less
+# per request than a Go client), else bench/loadgen. BENCH_LOADER=loadgen
+# forces the latter.
+LOADER=${BENCH_LOADER:-$(command -v wrk >/dev/null && echo wrk || echo loadgen)}
+[[ $LOADER == wrk || $LOADER == loadgen ]] || { echo "BENCH_LOADER must be wrk or loadgen" >&2; exit 2; }
 
 log "building tools"
 build_tools
@@ -43,7 +48,8 @@ log "redis-server :$REDIS_PORT, origin :$ORIGIN_PORT, $DUR per row, $CONNS conne
 na() { echo "$1 $2 - 0 0 0 $CLK_TCK -1 - $3" >>"$MANIFEST"; }
 
 # measure SCENARIO BODY ROUTE URL EXPECT [NOTE]: warm-up run, then the measured
-# run against the Caddy in CADDY_PID; appends a manifest line.
+# run against the Caddy in CADDY_PID; appends a manifest line. With wrk, a
+# 1 s loadgen run after the measured one checks statuses and X-Cache.
 measure() {
 	local scenario=$1 body=$2 route=$3 url=$4 expect=$5 note=${6:-}
 	local out="$WORK/res/${scenario}__${body}__r$ROUND.json"
@@ -52,12 +58,22 @@ measure() {
 	cpu0=$(cpu_ticks "$CADDY_PID")
 	r0=$(cpu_ticks "$REDIS_PID")
 	o0=$(origin_calls "$route")
-	"$BIN/loadgen" -url "$url" -c "$CONNS" -d "$DUR" -n-start 1000000000 \
-		-count-header X-Cache -label "$scenario/$body" >"$out"
+	if [[ $LOADER == wrk ]]; then
+		local origin=${url%%/api/*}
+		WRK_PATH=${url#"$origin"} WRK_N_START=1000000000 WRK_OUT="$out.wrk" \
+			wrk -t2 -c"$CONNS" -d"$DUR" -s "$BENCH_DIR/wrk.lua" "$origin/" >/dev/null
+	else
+		"$BIN/loadgen" -url "$url" -c "$CONNS" -d "$DUR" -n-start 1000000000 \
+			-count-header X-Cache -label "$scenario/$body" >"$out"
+	fi
 	cpu1=$(cpu_ticks "$CADDY_PID")
 	r1=$(cpu_ticks "$REDIS_PID")
 	o1=$(origin_calls "$route")
 	rss=$(vmhwm_kb "$CADDY_PID")
+	if [[ $LOADER == wrk ]]; then
+		"$BIN/loadgen" -url "$url" -c 4 -d 1s -n-start 5000000000 -count-header X-Cache >"$out.check"
+		"$BIN/benchtool" attach-check "$out.wrk" "$out.check" >"$out"
+	fi
 	local warns
 	warns=$(caddy_warnings "$WORK/logs/caddy-$scenario-$body.log")
 	[[ -n "$warns" ]] && note="${note:+$note; }Caddy log (warm-up + run): $warns"
@@ -147,7 +163,7 @@ if [[ $ROUNDS -gt 1 ]]; then
 fi
 rc=0
 TABLE=$("$BIN/benchtool" table "$MANIFEST") || rc=$?
-ABOUT="\`bash bench/run.sh $DUR\` on $(date -u +'%Y-%m-%d %H:%M UTC'): Caddy $CADDY_VERSION, $(go version | cut -d' ' -f3), $(nproc) cores shared by loadgen, Caddy, origin and Redis ($(redis-server --version | cut -d' ' -f3)), $CONNS keep-alive connections, $DUR per row after a $WARMUP warm-up$ROUNDS_NOTE. Load average before/after: $LOAD_START / $LOAD_END. Compare ratios within this table only; absolute numbers depend on the machine."
+ABOUT="\`bash bench/run.sh $DUR\` on $(date -u +'%Y-%m-%d %H:%M UTC'): Caddy $CADDY_VERSION, $(go version | cut -d' ' -f3), $(nproc) cores shared by the load generator ($LOADER$([[ $LOADER == wrk ]] && echo " -t2; statuses and X-Cache from a 1 s loadgen check after each row")), Caddy, origin and Redis ($(redis-server --version | cut -d' ' -f3)), $CONNS keep-alive connections, $DUR per row after a $WARMUP warm-up$ROUNDS_NOTE. Load average before/after: $LOAD_START / $LOAD_END. Compare ratios within this table only; absolute numbers depend on the machine."
 if awk -v l="${LOAD_START%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }'; then
 	ABOUT="$ABOUT **The machine was already busy when the run started (load average ${LOAD_START%% *}), so rows measured at different moments saw different contention: treat the ratios as rough.**"
 fi

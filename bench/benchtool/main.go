@@ -4,6 +4,9 @@
 //	benchtool freeport N              print N distinct free 127.0.0.1 TCP ports
 //	benchtool table MANIFEST          markdown table from run.sh's manifest
 //	benchtool windows LABEL=FILE...   per-window table from loadgen -windows output
+//	benchtool attach-check RUN CHECK  RUN (wrk's JSON) with the statuses and
+//	                                  X-Cache values of CHECK (a short loadgen
+//	                                  run), printed as JSON
 //
 // table and windows exit with status 3 when a row has a non-200 status, a
 // transport error, or an unexpected X-Cache value (the table says which).
@@ -47,11 +50,15 @@ type window struct {
 
 type result struct {
 	Label       string  `json:"label"`
+	Loader      string  `json:"loader,omitempty"` // "wrk", or empty for loadgen
 	URL         string  `json:"url"`
 	Connections int     `json:"connections"`
 	DurationS   float64 `json:"duration_s"`
 	stats
 	Windows []window `json:"windows"`
+	// Check is the loadgen run that saw the statuses and X-Cache values
+	// of a wrk run.
+	Check *stats `json:"check,omitempty"`
 }
 
 func die(format string, a ...any) {
@@ -78,6 +85,11 @@ func main() {
 			die("usage: benchtool table MANIFEST")
 		}
 		os.Exit(table(os.Args[2]))
+	case "attach-check":
+		if len(os.Args) != 4 {
+			die("usage: benchtool attach-check RUN CHECK")
+		}
+		attachCheck(os.Args[2], os.Args[3])
 	case "windows":
 		if len(os.Args) < 3 {
 			die("usage: benchtool windows LABEL=FILE...")
@@ -100,6 +112,22 @@ func freeports(n int) {
 	for _, l := range ls {
 		fmt.Println(l.Addr().(*net.TCPAddr).Port)
 		l.Close()
+	}
+}
+
+func attachCheck(runPath, checkPath string) {
+	run, err := readResult(runPath)
+	if err != nil {
+		die("%v", err)
+	}
+	check, err := readResult(checkPath)
+	if err != nil {
+		die("%v", err)
+	}
+	run.Check = &check.stats
+	run.Header = check.Header
+	if err := json.NewEncoder(os.Stdout).Encode(run); err != nil {
+		die("%v", err)
 	}
 }
 
@@ -159,11 +187,12 @@ func ratio(a, b float64) string {
 	return fmt.Sprintf("%.2f×", a/b)
 }
 
-// statusProblems says what is wrong with a run's statuses and errors ("" if all 200).
+// statusProblems says what is wrong with a run's statuses and errors ("" if
+// all 200, or all 2xx/3xx as far as wrk can tell).
 func statusProblems(s stats) string {
 	var p []string
 	for k, v := range s.Status {
-		if k != "200" && v > 0 {
+		if k != "200" && k != "2xx/3xx" && v > 0 {
 			p = append(p, fmt.Sprintf("%d×%s", v, k))
 		}
 	}
@@ -380,9 +409,18 @@ func table(manifest string) int {
 			status = "**⚠ " + status + "; " + p + "**"
 			bad++
 		}
+		if r.Check != nil {
+			if p := statusProblems(*r.Check); p != "" {
+				status += " **⚠ check: " + hist(r.Check.Status) + "; " + p + "**"
+				bad++
+			}
+		}
 		xc := "—"
 		if h, ok := r.Header["X-Cache"]; ok {
 			xc = hist(h)
+			if r.Check != nil {
+				xc += " (check)"
+			}
 			if rw.expect != "-" {
 				for k, v := range h {
 					if k != rw.expect && v > 0 {
