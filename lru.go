@@ -108,14 +108,22 @@ func (c *entryLRU) size() (entries int, bytes int64) {
 	return len(c.entries), c.used
 }
 
-// entryMemSize approximates the memory an entry held in process costs.
+// entryMemSize approximates the memory an entry held in process costs:
+// the Go structures around the bytes cost more than the bytes themselves
+// for small responses.
 func entryMemSize(key string, e *entry) int64 {
-	size := int64(len(key)+len(e.body)) + memOverhead
+	size := int64(len(key)+cap(e.body)) + lruItemOverhead
 	for k, vs := range e.header {
-		size += int64(len(k))
+		size += int64(len(k)) + 64
 		for _, v := range vs {
-			size += int64(len(v))
+			size += int64(len(v)) + 16
 		}
+	}
+	for _, g := range e.gens {
+		size += int64(len(g.key)+len(g.val)) + 32
 	}
 	return size
 }
+
+// lruItemOverhead is the entry, the item, its list element and map slot.
+const lruItemOverhead = 512

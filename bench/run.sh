@@ -59,9 +59,14 @@ measure() {
 	r0=$(cpu_ticks "$REDIS_PID")
 	o0=$(origin_calls "$route")
 	if [[ $LOADER == wrk ]]; then
-		local origin=${url%%/api/*}
-		WRK_PATH=${url#"$origin"} WRK_N_START=1000000000 WRK_OUT="$out.wrk" \
-			wrk -t2 -c"$CONNS" -d"$DUR" -s "$BENCH_DIR/wrk.lua" "$origin/" >/dev/null
+		# wrk gets the URL itself, unless it must number the requests.
+		local target=$url template=""
+		if [[ $url == *"{n}"* ]]; then
+			target="${url%%/api/*}/"
+			template=${url#"${url%%/api/*}"}
+		fi
+		WRK_PATH=$template WRK_N_START=1000000000 WRK_OUT="$out.wrk" \
+			wrk -t2 -c"$CONNS" -d"$DUR" -s "$BENCH_DIR/wrk.lua" "$target" >/dev/null
 	else
 		"$BIN/loadgen" -url "$url" -c "$CONNS" -d "$DUR" -n-start 1000000000 \
 			-count-header X-Cache -label "$scenario/$body" >"$out"
