@@ -1,7 +1,6 @@
 package rediscache
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -799,8 +798,10 @@ func (cr *cacheRequest) storeFetched(res *fetched) {
 		return
 	}
 	if copies := h.store.copies; copies != nil {
-		// A copy of the tail: one aliasing raw would keep all of it alive.
-		copies.put(key, e, bytes.Clone(entryTail(raw)), time.Time{})
+		// Whatever this instance held for the key is not what Redis holds
+		// now. The new entry is not held until it is read back: most
+		// entries are never read by the instance that stored them.
+		copies.remove(key)
 	}
 	cr.keepLocal(key, e)
 	h.metrics.addStored(cr.route.Name, len(raw))

@@ -96,8 +96,9 @@ type Handler struct {
 	// one second. Default: off.
 	LocalCache int64 `json:"local_cache,omitempty"`
 
-	// ValidatedCopies bounds, in bytes, the decoded copies of Redis entries
-	// that each Caddy keeps in process. A hit on an entry held here still
+	// ValidatedCopies bounds, in bytes, the decoded copies of the Redis
+	// entries that each Caddy has read, kept in process (Go's garbage
+	// collector may take up to twice that). A hit on an entry held here still
 	// asks Redis, in the same round trip as its generation checks, whether
 	// the entry is unchanged, but reads only its last 12 bytes instead of
 	// the whole response, and decodes nothing. So it never serves anything
