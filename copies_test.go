@@ -1,9 +1,11 @@
 package rediscache
 
 import (
+	"bytes"
 	"context"
 	"net/http"
 	"testing"
+	"time"
 )
 
 // Validated copies (on by default with Redis): a Caddy that holds a decoded
@@ -89,5 +91,60 @@ func TestValidatedCopiesOff(t *testing.T) {
 	st, raw := visGetStats(t, c)
 	if st.Stores[0].Copies != nil {
 		t.Fatalf("stats show validated copies although they are off: %s", raw)
+	}
+}
+
+// The store's tail check, on a single Redis and on a Cluster (where the
+// entry and its generations live on different nodes): an unchanged value
+// is reported as such without being read, a replaced one is read in full,
+// a missing or foreign one is absent or corrupt.
+func TestStoreTailCheck(t *testing.T) {
+	t.Parallel()
+	single := startRedis(t)
+	cluster := startCluster(t)
+	for name, urls := range map[string][]string{"single": {single.URL()}, "cluster": cluster.URLs()} {
+		t.Run(name, func(t *testing.T) {
+			s, err := newRedisStore(storeOptions{urls: urls, timeout: 5 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.close()
+			ctx := context.Background()
+			gens := []string{"t:_g:a", "t:_g:b"}
+			if err := s.bump(ctx, false, time.Minute, gens[0]); err != nil {
+				t.Fatal(err)
+			}
+			first := (&entry{kind: kindResponse, status: 200, body: []byte("first")}).encode()
+			second := (&entry{kind: kindResponse, status: 200, body: []byte("second")}).encode()
+			if err := s.set(ctx, "t:entry", first, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+
+			val, cur, unchanged, err := s.get(ctx, "t:entry", gens, entryTail(first))
+			if err != nil || !unchanged || val != nil || cur[0] == zeroGen || cur[1] != zeroGen {
+				t.Fatalf("unchanged value: val %q cur %v unchanged %v err %v", val, cur, unchanged, err)
+			}
+			if err := s.set(ctx, "t:entry", second, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			val, cur, unchanged, err = s.get(ctx, "t:entry", gens, entryTail(first))
+			if err != nil || unchanged || !bytes.Equal(val, second) || len(cur) != 2 {
+				t.Fatalf("replaced value: val %q cur %v unchanged %v err %v", val, cur, unchanged, err)
+			}
+			val, _, unchanged, err = s.get(ctx, "t:missing", gens, entryTail(first))
+			if err != nil || unchanged || val != nil {
+				t.Fatalf("missing value: val %q unchanged %v err %v", val, unchanged, err)
+			}
+			if err := s.client.RPush(ctx, "t:list", "x").Err(); err != nil {
+				t.Fatal(err)
+			}
+			val, _, unchanged, err = s.get(ctx, "t:list", gens, entryTail(first))
+			if err != nil || unchanged {
+				t.Fatalf("foreign value: val %q unchanged %v err %v", val, unchanged, err)
+			}
+			if _, err := decodeEntry(val); val != nil && err == nil {
+				t.Fatalf("foreign value decoded as an entry")
+			}
+		})
 	}
 }
