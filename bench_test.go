@@ -87,6 +87,14 @@ func BenchmarkHitRedis(b *testing.B) {
 	runHitBenchmark(b, h, next)
 }
 
+// BenchmarkHitRedisFullRead reads and decodes the whole entry on every hit,
+// as without validated copies.
+func BenchmarkHitRedisFullRead(b *testing.B) {
+	rs := startRedis(b)
+	h, next := benchHandler(b, &Handler{Redis: []string{rs.URL()}, ValidatedCopies: -1, Routes: benchRoutes()}, benchBody)
+	runHitBenchmark(b, h, next)
+}
+
 func BenchmarkHitRedisLocalTier(b *testing.B) {
 	rs := startRedis(b)
 	h, next := benchHandler(b, &Handler{Redis: []string{rs.URL()}, LocalCache: 64 << 20, Routes: benchRoutes()}, benchBody)

@@ -83,7 +83,7 @@ measure() {
 	warns=$(caddy_warnings "$WORK/logs/caddy-$scenario-$body.log")
 	[[ -n "$warns" ]] && note="${note:+$note; }Caddy log (warm-up + run): $warns"
 	echo "$scenario $body $out $rss $((cpu1 - cpu0)) $((r1 - r0)) $CLK_TCK $((o1 - o0)) $expect $note" >>"$MANIFEST"
-	log "  $scenario/$body: $(sed -E 's/.*"rps":([0-9.]+),"latency_ms":\{"p50":([0-9.]+).*/\1 req\/s, p50 \2 ms/' "$out")"
+	log "  $scenario/$body: $(sed -E 's/^[^}]*"rps":([0-9.]+),"latency_ms":\{"p50":([0-9.]+).*/\1 req\/s, p50 \2 ms/' "$out")"
 }
 
 # row SCENARIO BODY: start the right Caddy, check it, measure, stop it.
