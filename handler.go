@@ -311,20 +311,17 @@ func (cr *cacheRequest) lookupStore() (*entry, string, error) {
 func (cr *cacheRequest) readEntry(key string, gens []string) (e *entry, cur []string, present bool, err error) {
 	h := cr.h
 	copies := h.store.copies
-	var held *lruItem
-	var tail []byte
+	var held heldCopy
 	if copies != nil {
-		if held = copies.get(key); held != nil {
-			tail = held.tail
-		}
+		held, _ = copies.get(key)
 	}
-	raw, cur, unchanged, err := h.store.get(cr.r.Context(), key, gens, tail)
+	raw, cur, unchanged, err := h.store.get(cr.r.Context(), key, gens, held.tail)
 	switch {
 	case err != nil:
 		return nil, nil, false, err
 	case unchanged:
 		return held.e, cur, true, nil
-	case held != nil:
+	case held.e != nil:
 		copies.remove(key)
 	}
 	if raw == nil {
@@ -338,7 +335,7 @@ func (cr *cacheRequest) readEntry(key string, gens []string) (e *entry, cur []st
 		return nil, cur, true, nil
 	}
 	if copies != nil {
-		copies.put(key, e, entryTail(raw), time.Time{})
+		copies.put(key, heldCopy{e: e, tail: entryTail(raw)}, entryMemSize(key, e), time.Time{})
 	}
 	return e, cur, true, nil
 }

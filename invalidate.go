@@ -193,7 +193,7 @@ func apiError(status int, format string, args ...any) error {
 	return caddy.APIError{HTTPStatus: status, Err: fmt.Errorf(format, args...)}
 }
 
-func lruStats(c *entryLRU) map[string]any {
+func lruStats[V any](c *boundedLRU[V]) map[string]any {
 	n, size := c.size()
 	return map[string]any{"entries": n, "bytes": size, "limit": c.limit}
 }

@@ -18,7 +18,7 @@ import (
 // they were read from the store, which bounds staleness should a purge
 // message be lost.
 type localTier struct {
-	entries *entryLRU
+	entries *boundedLRU[*entry]
 	maxAge  time.Duration
 
 	gensMu sync.RWMutex
@@ -41,7 +41,7 @@ const localGenMaxAge = time.Second
 
 func newLocalTier(limit int64) *localTier {
 	return &localTier{
-		entries: newEntryLRU(limit),
+		entries: newEntryLRU[*entry](limit),
 		maxAge:  localGenMaxAge,
 		gens:    make(map[string]localGen),
 	}
@@ -61,10 +61,8 @@ func (lt *localTier) get(primary string, variant func(*entry) string) *entry {
 }
 
 func (lt *localTier) entry(key string) *entry {
-	if it := lt.entries.get(key); it != nil {
-		return it.e
-	}
-	return nil
+	e, _ := lt.entries.get(key)
+	return e
 }
 
 func (lt *localTier) gensCurrent(e *entry) bool {
@@ -88,7 +86,7 @@ func (lt *localTier) put(key string, e *entry, ttl time.Duration) {
 	if ttl <= 0 {
 		return
 	}
-	lt.entries.put(key, e, nil, time.Now().Add(min(ttl, lt.maxAge)))
+	lt.entries.put(key, e, entryMemSize(key, e), time.Now().Add(min(ttl, lt.maxAge)))
 }
 
 // readEpoch is taken before a store read whose generation values will be

@@ -1,112 +1,126 @@
 package rediscache
 
 import (
-	"bytes"
 	"container/list"
 	"sync"
 	"time"
 )
 
-// entryLRU holds decoded entries in process, up to a number of bytes,
-// dropping the least recently used first. The entries it holds are shared
-// by every request that reads them, so nothing may modify them.
-type entryLRU struct {
-	limit int64
+// boundedLRU holds values up to a number of bytes, dropping the least
+// recently used first, each value until it expires. Values are shared with
+// every reader, so nothing may modify one once it is held.
+type boundedLRU[V any] struct {
+	limit   int64
+	maxItem int64 // a larger value is not held: it would evict too much
 
-	mu      sync.Mutex
-	used    int64
-	entries map[string]*list.Element
-	lru     *list.List
+	mu    sync.Mutex
+	used  int64
+	items map[string]*list.Element
+	lru   *list.List // front = most recently used
 }
 
-type lruItem struct {
+type lruItem[V any] struct {
 	key     string
-	e       *entry
-	tail    []byte    // the stored value's entryTail, when validated against it
+	val     V
 	size    int64     // bytes counted against the limit
 	expires time.Time // zero: until evicted
 }
 
-func newEntryLRU(limit int64) *entryLRU {
-	return &entryLRU{limit: limit, entries: make(map[string]*list.Element), lru: list.New()}
+func newBoundedLRU[V any](limit, maxItem int64) *boundedLRU[V] {
+	return &boundedLRU[V]{limit: limit, maxItem: maxItem, items: make(map[string]*list.Element), lru: list.New()}
 }
 
-// get returns the item held for key, unless it expired.
-func (c *entryLRU) get(key string) *lruItem {
+// get returns the value held for key, unless it expired.
+func (c *boundedLRU[V]) get(key string) (V, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	el, ok := c.entries[key]
+	var zero V
+	el, ok := c.items[key]
 	if !ok {
-		return nil
+		return zero, false
 	}
-	it := el.Value.(*lruItem)
+	it := el.Value.(*lruItem[V])
 	if !it.expires.IsZero() && time.Now().After(it.expires) {
 		c.removeLocked(el)
-		return nil
+		return zero, false
 	}
 	c.lru.MoveToFront(el)
-	return it
+	return it.val, true
 }
 
-// put holds e for key, replacing what was held. An entry larger than an
-// eighth of the limit is not held: it would evict too much.
-func (c *entryLRU) put(key string, e *entry, tail []byte, expires time.Time) {
-	size := entryMemSize(key, e)
-	if size > c.limit/8 {
-		c.remove(key)
-		return
-	}
-	it := &lruItem{key: key, e: e, tail: tail, size: size, expires: expires}
+// put holds val for key, replacing what was held; a value too large to be
+// held still replaces it, by nothing.
+func (c *boundedLRU[V]) put(key string, val V, size int64, expires time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if el, ok := c.entries[key]; ok {
+	if el, ok := c.items[key]; ok {
 		c.removeLocked(el)
+	}
+	if size > c.maxItem {
+		return
 	}
 	for c.used+size > c.limit && c.lru.Len() > 0 {
 		c.removeLocked(c.lru.Back())
 	}
-	c.entries[key] = c.lru.PushFront(it)
+	c.items[key] = c.lru.PushFront(&lruItem[V]{key: key, val: val, size: size, expires: expires})
 	c.used += size
 }
 
-// remove drops key's item.
-func (c *entryLRU) remove(key string) {
+// remove drops key's value and reports whether there was one.
+func (c *boundedLRU[V]) remove(key string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if el, ok := c.entries[key]; ok {
+	el, ok := c.items[key]
+	if ok {
 		c.removeLocked(el)
 	}
+	return ok
 }
 
-// removeIf drops key's item if it is the one validated against tail.
-func (c *entryLRU) removeIf(key string, tail []byte) {
+// removeMatching drops the values whose key matches, and counts them.
+func (c *boundedLRU[V]) removeMatching(match func(key string) bool) int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if el, ok := c.entries[key]; ok && bytes.Equal(el.Value.(*lruItem).tail, tail) {
-		c.removeLocked(el)
+	var n int64
+	for k, el := range c.items {
+		if match(k) {
+			c.removeLocked(el)
+			n++
+		}
 	}
+	return n
 }
 
-func (c *entryLRU) removeLocked(el *list.Element) {
-	it := el.Value.(*lruItem)
+func (c *boundedLRU[V]) removeLocked(el *list.Element) {
+	it := el.Value.(*lruItem[V])
 	c.lru.Remove(el)
-	delete(c.entries, it.key)
+	delete(c.items, it.key)
 	c.used -= it.size
 }
 
-func (c *entryLRU) clear() {
+func (c *boundedLRU[V]) clear() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.entries = make(map[string]*list.Element)
+	c.items = make(map[string]*list.Element)
 	c.lru.Init()
 	c.used = 0
 }
 
-func (c *entryLRU) size() (entries int, bytes int64) {
+func (c *boundedLRU[V]) size() (entries int, bytes int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.entries), c.used
+	return len(c.items), c.used
 }
+
+// heldCopy is a validated copy: a decoded entry and the tail of the stored
+// value it was decoded from.
+type heldCopy struct {
+	e    *entry
+	tail []byte
+}
+
+// newEntryLRU holds decoded entries; none larger than an eighth of limit.
+func newEntryLRU[V any](limit int64) *boundedLRU[V] { return newBoundedLRU[V](limit, limit/8) }
 
 // entryMemSize approximates the memory an entry held in process costs:
 // the Go structures around the bytes cost more than the bytes themselves

@@ -1,7 +1,6 @@
 package rediscache
 
 import (
-	"container/list"
 	"context"
 	"strconv"
 	"strings"
@@ -13,21 +12,12 @@ import (
 // byte-bounded LRU with per-entry expiry, plus generations and locks with
 // the same semantics as the Redis store.
 type memoryStore struct {
-	limit int64
+	items *boundedLRU[[]byte]
 
-	mu    sync.Mutex
-	used  int64
-	items map[string]*list.Element
-	lru   *list.List // front = most recently used
+	mu    sync.Mutex // guards the generations and locks
 	gensM map[string]memGen
 	locks map[string]memLock
 	last  int64 // last hard generation handed out, to keep them unique
-}
-
-type memItem struct {
-	key     string
-	value   []byte
-	expires time.Time
 }
 
 type memGen struct {
@@ -46,9 +36,7 @@ const memOverhead = 128
 
 func newMemoryStore(limit int64) *memoryStore {
 	return &memoryStore{
-		limit: limit,
-		items: make(map[string]*list.Element),
-		lru:   list.New(),
+		items: newBoundedLRU[[]byte](limit, limit),
 		gensM: make(map[string]memGen),
 		locks: make(map[string]memLock),
 	}
@@ -62,19 +50,9 @@ func (m *memoryStore) close() error { return nil }
 func (m *memoryStore) get(_ context.Context, key string, gens []string, _ []byte) ([]byte, []string, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := time.Now()
-	cur := m.genValuesLocked(gens, now)
-	el, ok := m.items[key]
-	if !ok {
-		return nil, cur, false, nil
-	}
-	it := el.Value.(*memItem)
-	if now.After(it.expires) {
-		m.removeLocked(el)
-		return nil, cur, false, nil
-	}
-	m.lru.MoveToFront(el)
-	return it.value, cur, false, nil
+	cur := m.genValuesLocked(gens, time.Now())
+	val, _ := m.items.get(key)
+	return val, cur, false, nil
 }
 
 func (m *memoryStore) genValuesLocked(gens []string, now time.Time) []string {
@@ -99,53 +77,27 @@ func (m *memoryStore) gens(_ context.Context, gens []string) ([]string, error) {
 }
 
 func (m *memoryStore) set(_ context.Context, key string, value []byte, ttl time.Duration) error {
-	size := int64(len(key)+len(value)) + memOverhead
-	if size > m.limit {
-		return nil
-	}
 	// The caller may reuse its buffer; the store keeps its own copy.
 	value = append([]byte(nil), value...)
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if el, ok := m.items[key]; ok {
-		m.removeLocked(el)
-	}
-	for m.used+size > m.limit && m.lru.Len() > 0 {
-		m.removeLocked(m.lru.Back())
-	}
-	el := m.lru.PushFront(&memItem{key: key, value: value, expires: time.Now().Add(ttl)})
-	m.items[key] = el
-	m.used += size
+	m.items.put(key, value, int64(len(key)+len(value))+memOverhead, time.Now().Add(ttl))
 	return nil
 }
 
 func (m *memoryStore) setIf(ctx context.Context, key string, value []byte, ttl time.Duration, guard, guardVal string) (bool, error) {
+	// Under the lock, a purge's epoch bump comes either before the check,
+	// which then fails, or after the write, which its deletion then sees.
 	m.mu.Lock()
-	cur := m.genValuesLocked([]string{guard}, time.Now())[0]
-	m.mu.Unlock()
-	if cur != guardVal {
+	defer m.mu.Unlock()
+	if m.genValuesLocked([]string{guard}, time.Now())[0] != guardVal {
 		return false, nil
 	}
-	// A purge between the check and the write is caught by the handler's
-	// generation stamps or by its own deletion, which runs under the lock
-	// after the epoch moved.
 	return true, m.set(ctx, key, value, ttl)
 }
 
-func (m *memoryStore) removeLocked(el *list.Element) {
-	it := el.Value.(*memItem)
-	m.lru.Remove(el)
-	delete(m.items, it.key)
-	m.used -= int64(len(it.key)+len(it.value)) + memOverhead
-}
-
 func (m *memoryStore) del(_ context.Context, keys ...string) (int64, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	var n int64
 	for _, k := range keys {
-		if el, ok := m.items[k]; ok {
-			m.removeLocked(el)
+		if m.items.remove(k) {
 			n++
 		}
 	}
@@ -192,16 +144,9 @@ func parseGen(v string) (hard, soft int64) {
 }
 
 func (m *memoryStore) scanDelete(_ context.Context, match string, keep func(string) bool) (int64, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	var n int64
-	for k, el := range m.items {
-		if globMatch(match, k) && (keep == nil || !keep(k)) {
-			m.removeLocked(el)
-			n++
-		}
-	}
-	return n, nil
+	return m.items.removeMatching(func(k string) bool {
+		return globMatch(match, k) && (keep == nil || !keep(k))
+	}), nil
 }
 
 func (m *memoryStore) lock(_ context.Context, key, token string, ttl time.Duration) (bool, error) {
@@ -225,13 +170,12 @@ func (m *memoryStore) unlock(_ context.Context, key, token string) error {
 }
 
 func (m *memoryStore) info(context.Context) map[string]any {
-	m.mu.Lock()
-	defer m.mu.Unlock()
+	entries, used := m.items.size()
 	return map[string]any{
 		"kind":        "memory",
-		"used_memory": m.used,
-		"maxmemory":   m.limit,
-		"entries":     len(m.items),
+		"used_memory": used,
+		"maxmemory":   m.items.limit,
+		"entries":     entries,
 	}
 }
 

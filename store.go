@@ -75,8 +75,8 @@ type guardedStore struct {
 	breaker *breaker
 	metrics *handlerMetrics
 
-	local      *localTier // nil unless local_cache is set and Redis is used
-	copies     *entryLRU  // validated copies; nil unless Redis is used
+	local      *localTier            // nil unless local_cache is set and Redis is used
+	copies     *boundedLRU[heldCopy] // validated copies; nil unless Redis is used
 	publisher  func(ctx context.Context, msg string) error
 	stopListen context.CancelFunc
 }
@@ -99,7 +99,7 @@ func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetr
 		metrics: metrics,
 	}
 	if rs != nil && opts.copiesLimit > 0 {
-		g.copies = newEntryLRU(opts.copiesLimit)
+		g.copies = newEntryLRU[heldCopy](opts.copiesLimit)
 	}
 	if rs != nil && opts.localLimit > 0 {
 		g.local = newLocalTier(opts.localLimit)

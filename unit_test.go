@@ -489,8 +489,8 @@ func TestMemoryStoreBoundAndEviction(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if m.used > m.limit {
-		t.Errorf("used %d bytes, limit %d", m.used, m.limit)
+	if _, used := m.items.size(); used > m.items.limit {
+		t.Errorf("used %d bytes, limit %d", used, m.items.limit)
 	}
 	if got, _, _, _ := m.get(ctx, "key-0049", nil, nil); got == nil {
 		t.Errorf("most recent entry was evicted")
