@@ -131,31 +131,21 @@ func (s *redisStore) close() error {
 }
 
 func (s *redisStore) get(ctx context.Context, key string, gens []string, tail []byte) ([]byte, []string, bool, error) {
-	var cur []string
-	var got string
-	var err error
-	switch _, cluster := s.client.(*redis.ClusterClient); {
-	case cluster:
-		var val []byte
-		if val, cur, got, err = s.clusterGet(ctx, key, gens, tail != nil); err != nil || tail == nil {
-			return val, cur, false, err
-		}
-	case tail == nil:
-		val, cur, err := s.mget(ctx, key, gens)
+	if tail == nil {
+		val, cur, err := s.readValue(ctx, key, gens)
 		return val, cur, false, err
-	default:
-		if cur, got, err = s.gensAndTail(ctx, key, gens); err != nil {
-			return nil, nil, false, err
-		}
 	}
-	switch got {
-	case string(tail):
+	cur, got, err := s.readTail(ctx, key, gens)
+	switch {
+	case err != nil:
+		return nil, nil, false, err
+	case got == string(tail):
 		return nil, cur, true, nil
-	case "":
+	case got == "":
 		return nil, cur, false, nil // GETRANGE of a missing key
 	}
 	// Replaced since the caller's copy was read: one more round trip.
-	val, err := s.value(ctx, key)
+	val, _, err := s.readValue(ctx, key, nil)
 	return val, cur, false, err
 }
 
@@ -163,13 +153,20 @@ func (s *redisStore) get(ctx context.Context, key string, gens []string, tail []
 // matches no entry's, so the value is read in full and found foreign.
 const foreignTail = "foreign"
 
-func (s *redisStore) value(ctx context.Context, key string) ([]byte, error) {
+func (s *redisStore) readValue(ctx context.Context, key string, gens []string) ([]byte, []string, error) {
 	if _, cluster := s.client.(*redis.ClusterClient); cluster {
-		val, _, _, err := s.clusterGet(ctx, key, nil, false)
-		return val, err
+		val, cur, _, err := s.clusterGet(ctx, key, gens, false)
+		return val, cur, err
 	}
-	val, _, err := s.mget(ctx, key, nil)
-	return val, err
+	return s.mget(ctx, key, gens)
+}
+
+func (s *redisStore) readTail(ctx context.Context, key string, gens []string) ([]string, string, error) {
+	if _, cluster := s.client.(*redis.ClusterClient); cluster {
+		_, cur, tail, err := s.clusterGet(ctx, key, gens, true)
+		return cur, tail, err
+	}
+	return s.gensAndTail(ctx, key, gens)
 }
 
 // gensAndTail reads the generations and the value's entryTail in one round
