@@ -786,10 +786,19 @@ func (cr *cacheRequest) storeFetched(res *fetched) {
 		}
 		key = variantKey(cr.key.primary, epoch, res.vary, cr.r)
 	}
-	raw := e.encode()
+	var buf []byte
+	if b, ok := encodeBuffers.Get().(*[]byte); ok {
+		buf = *b
+	}
+	raw := e.appendEncoded(buf)
 	stored, err := h.store.setIf(ctx, key, raw, ttl, h.purgeEpochKey(), cr.purgeEpoch)
 	if err != nil {
 		h.logStoreError("store", err)
+	} else if cap(raw) <= maxPooledEncodeBuffer {
+		// The store has written raw out (or copied it) and nothing keeps
+		// it. After an error it may still be queued to be written, so it is
+		// left to the garbage collector.
+		encodeBuffers.Put(&raw)
 	}
 	if !stored {
 		return

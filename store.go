@@ -357,15 +357,14 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-func (e *entry) encode() []byte {
-	size := 64 + len(e.body)
-	for k, vs := range e.header {
-		size += len(k) + 4
-		for _, v := range vs {
-			size += len(v) + 2
-		}
+func (e *entry) encode() []byte { return e.appendEncoded(nil) }
+
+// appendEncoded encodes e into buf's storage when it is large enough.
+func (e *entry) appendEncoded(buf []byte) []byte {
+	b := buf[:0]
+	if size := e.encodedSizeBound(); cap(b) < size {
+		b = make([]byte, 0, size)
 	}
-	b := make([]byte, 0, size)
 	b = append(b, entryMagic0, entryMagic1, entryVersion, e.kind)
 	b = binary.AppendUvarint(b, uint64(e.status))
 	b = binary.AppendVarint(b, e.storedAt.UnixMicro())
@@ -403,6 +402,33 @@ func (e *entry) encode() []byte {
 	b = append(b, id[:]...)
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
 }
+
+// encodedSizeBound is at least the encoded length, so that encoding never
+// copies a large body twice.
+func (e *entry) encodedSizeBound() int {
+	const n = binary.MaxVarintLen64
+	size := 4 + 7*n + 1 + entryTailLen + 4*n + len(e.varyEpoch) + len(e.body)
+	for _, g := range e.gens {
+		size += 2*n + len(g.key) + len(g.val)
+	}
+	for _, v := range e.vary {
+		size += n + len(v)
+	}
+	for k, vs := range e.header {
+		size += 2*n + len(k)
+		for _, v := range vs {
+			size += n + len(v)
+		}
+	}
+	return size
+}
+
+// encodeBuffers recycles the buffers that entries are encoded into on
+// their way to the store.
+var encodeBuffers sync.Pool
+
+// maxPooledEncodeBuffer keeps the odd huge entry's buffer out of the pool.
+const maxPooledEncodeBuffer = 1 << 20
 
 // entryTail returns the bytes that identify an encoded value, or nil.
 func entryTail(raw []byte) []byte {
