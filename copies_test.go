@@ -3,6 +3,7 @@ package rediscache
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -146,5 +147,55 @@ func TestStoreTailCheck(t *testing.T) {
 				t.Fatalf("foreign value decoded as an entry")
 			}
 		})
+	}
+}
+
+// setIf on a single Redis, for a small value (one Lua call) and a large one
+// (staged with SET, then moved by Lua): stored only while the guard holds,
+// with the entry's TTL, also when Redis has forgotten the scripts, and
+// never leaving a staged key behind.
+func TestStoreGuardedSet(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	s, err := newRedisStore(storeOptions{urls: []string{r.URL()}, timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	ctx := context.Background()
+	const guard = "t:_g:epoch"
+	for _, size := range []int{100, stagedSetMinSize, 64 << 10} {
+		value := bytes.Repeat([]byte{'v'}, size)
+		key := fmt.Sprintf("t:entry:%d", size)
+		if err := s.client.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		ok, err := s.setIf(ctx, key, value, time.Minute, guard, zeroGen)
+		if err != nil || !ok {
+			t.Fatalf("size %d, guard unchanged: stored %v, err %v", size, ok, err)
+		}
+		got, err := s.client.Get(ctx, key).Bytes()
+		if err != nil || !bytes.Equal(got, value) {
+			t.Fatalf("size %d: stored %d bytes (err %v), want %d", size, len(got), err, size)
+		}
+		if ttl := s.client.PTTL(ctx, key).Val(); ttl < 50*time.Second || ttl > time.Minute {
+			t.Fatalf("size %d: TTL %v, want about 1m", size, ttl)
+		}
+		if err := s.bump(ctx, false, time.Minute, guard); err != nil {
+			t.Fatal(err)
+		}
+		ok, err = s.setIf(ctx, key, []byte("newer"), time.Minute, guard, zeroGen)
+		if err != nil || ok {
+			t.Fatalf("size %d, guard moved: stored %v, err %v", size, ok, err)
+		}
+		if got, _ := s.client.Get(ctx, key).Bytes(); !bytes.Equal(got, value) {
+			t.Fatalf("size %d: a write whose guard moved replaced the value", size)
+		}
+		if err := s.client.Del(ctx, guard).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if staged := r.Keys("*_staged*"); len(staged) != 0 {
+		t.Fatalf("staged keys left behind: %v", staged)
 	}
 }

@@ -331,14 +331,65 @@ func (s *redisStore) setIf(ctx context.Context, key string, value []byte, ttl ti
 		}
 		return true, s.set(ctx, key, value, ttl)
 	}
-	args := []any{value, max(ttl.Milliseconds(), 1), guardVal}
-	keys := []string{key, guard}
+	ttlMS := max(ttl.Milliseconds(), 1)
+	if len(value) >= stagedSetMinSize {
+		return s.stagedSetIf(ctx, key, value, ttlMS, guard, guardVal)
+	}
+	return s.runGuarded(ctx, setIfScript, nil, []string{key, guard}, value, ttlMS, guardVal)
+}
+
+// stagedSetMinSize is the value size from which setIf stages the value
+// with a plain SET: a Lua script copies its arguments, twice for a value it
+// stores, which for a 64 KiB entry costs Redis more than the SET itself.
+const stagedSetMinSize = 8 << 10
+
+// stagedSetScript moves a staged value to its key, with the entry's TTL,
+// only while the guard is unchanged; otherwise it drops the staged value.
+var stagedSetScript = redis.NewScript(`
+local cur = redis.call('GET', KEYS[3]) or '0:0'
+if cur ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[1])
+  return 0
+end
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+`)
+
+// stagedSetIf is setIf in one round trip of two commands: a SET of the
+// value under a key of its own (a concurrent writer must never move this
+// writer's value under its own guard check), then the script. The staged
+// key expires by itself should the script never run.
+func (s *redisStore) stagedSetIf(ctx context.Context, key string, value []byte, ttlMS int64, guard, guardVal string) (bool, error) {
+	staged := key + ":_staged:" + randomToken()
+	var setCmd *redis.StatusCmd
+	stage := func(ctx context.Context, p redis.Pipeliner) {
+		setCmd = p.Set(ctx, staged, value, stagedTTL)
+	}
+	stored, err := s.runGuarded(ctx, stagedSetScript, stage, []string{staged, key, guard}, guardVal, ttlMS)
+	if err == nil && setCmd != nil && setCmd.Err() != nil {
+		// Refused (a full Redis, say): the script found nothing to move.
+		return false, setCmd.Err()
+	}
+	return stored, err
+}
+
+// stagedTTL bounds how long a staged value outlives a lost script call.
+const stagedTTL = 30 * time.Second
+
+// runGuarded runs a guard script through the auto-pipeline, after the
+// commands that before queues (only the first time: a script Redis does not
+// know yet is sent again in full, without them).
+func (s *redisStore) runGuarded(ctx context.Context, script *redis.Script, before func(context.Context, redis.Pipeliner), keys []string, args ...any) (bool, error) {
 	cmd, err := s.auto.do(ctx, func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
-		return setIfScript.EvalSha(ctx, p, keys, args...)
+		if before != nil {
+			before(ctx, p)
+		}
+		return script.EvalSha(ctx, p, keys, args...)
 	})
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		cmd, err = s.auto.do(ctx, func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
-			return setIfScript.Eval(ctx, p, keys, args...)
+			return script.Eval(ctx, p, keys, args...)
 		})
 	}
 	if err != nil {
