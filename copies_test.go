@@ -60,11 +60,18 @@ func TestValidatedCopiesFollowRedis(t *testing.T) {
 		}
 	}
 
+	// a now holds the replacement: served from the copy, unchanged.
+	resp, body := a.Get(path, host)
+	integExpect(t, "again after the entry was replaced", resp, body, http.StatusOK, "HIT")
+	if body != replaced {
+		t.Fatalf("served %q from the copy of the replacement %q", body, replaced)
+	}
+
 	// Removed from Redis: a miss on the instance holding the copy.
 	if err := rc.Del(ctx, keys[0]).Err(); err != nil {
 		t.Fatal(err)
 	}
-	resp, body := a.Get(path, host)
+	resp, body = a.Get(path, host)
 	integExpect(t, "after the entry was deleted", resp, body, http.StatusOK, "MISS")
 	if n := u.Calls("GET", "/api/content/1"); n != 2 {
 		t.Fatalf("upstream called %d times, want 2", n)
@@ -77,6 +84,15 @@ func TestValidatedCopiesFollowRedis(t *testing.T) {
 	}
 	resp, body = a.Get("/api/content/2", host)
 	integExpect(t, "after a purge on the other instance", resp, body, http.StatusOK, "MISS")
+
+	// On a, the held copies were checked: unchanged once, replaced once,
+	// and gone twice (the deletion, and the pattern purge).
+	samples := visScrape(t, a)
+	for outcome, want := range map[string]float64{"unchanged": 1, "replaced": 1, "gone": 2} {
+		if got := visValue(t, samples, "caddy_redis_cache_validated_copy_checks_total", "outcome", outcome); got != want {
+			t.Errorf("validated_copy_checks_total{outcome=%q} = %v, want %v", outcome, got, want)
+		}
+	}
 }
 
 // validated_copies off: every hit reads the whole entry; the stats say no

@@ -320,8 +320,13 @@ func (cr *cacheRequest) readEntry(key string, gens []string) (e *entry, cur []st
 	case err != nil:
 		return nil, nil, false, err
 	case unchanged:
+		h.metrics.countCopyCheck(copyUnchanged)
 		return held.e, cur, true, nil
+	case held.e != nil && raw == nil:
+		h.metrics.countCopyCheck(copyGone)
+		copies.remove(key)
 	case held.e != nil:
+		h.metrics.countCopyCheck(copyReplaced)
 		copies.remove(key)
 	}
 	if raw == nil {

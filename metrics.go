@@ -23,6 +23,7 @@ type handlerMetrics struct {
 	storedBytes   *prometheus.CounterVec
 	corrupt       prometheus.Counter
 	breakerOpen   *prometheus.GaugeVec
+	copyChecks    *prometheus.CounterVec
 }
 
 var (
@@ -67,11 +68,15 @@ func newHandlerMetrics() *handlerMetrics {
 			Namespace: ns, Subsystem: sub, Name: "breaker_open",
 			Help: "1 while the store's circuit breaker is open (store unavailable), by store kind.",
 		}, []string{"store"}),
+		copyChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "validated_copy_checks_total",
+			Help: "Lookups of an entry this Caddy held a validated copy of, by outcome: unchanged (served from the copy), replaced (read again in full) or gone (no longer in the store).",
+		}, []string{"outcome"}),
 	}
 }
 
 func (m *handlerMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.requests, m.storeErrors, m.storeDuration, m.purges, m.upstream, m.storedBytes, m.corrupt, m.breakerOpen}
+	return []prometheus.Collector{m.requests, m.storeErrors, m.storeDuration, m.purges, m.upstream, m.storedBytes, m.corrupt, m.breakerOpen, m.copyChecks}
 }
 
 // provisionMetrics registers the process-wide collectors in this config's
@@ -122,6 +127,17 @@ func (m *handlerMetrics) observeStore(op string, d time.Duration, err error) {
 
 func (m *handlerMetrics) countPurge(kind string) { m.purges.WithLabelValues(kind).Inc() }
 func (m *handlerMetrics) countCorrupt()          { m.corrupt.Inc() }
+
+// Outcomes of the validated-copy check.
+const (
+	copyUnchanged = "unchanged"
+	copyReplaced  = "replaced"
+	copyGone      = "gone"
+)
+
+func (m *handlerMetrics) countCopyCheck(outcome string) {
+	m.copyChecks.WithLabelValues(outcome).Inc()
+}
 func (m *handlerMetrics) addStored(route string, n int) {
 	m.storedBytes.WithLabelValues(route).Add(float64(n))
 }

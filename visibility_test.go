@@ -590,10 +590,11 @@ func TestVisibilityMetrics(t *testing.T) {
 	// Labels are bounded: route names, fixed result and kind names,
 	// operation names and store kinds, never keys, paths or users.
 	allowed := map[string]map[string]bool{
-		"route":  {"content": true, "user": true, "extra": true},
-		"result": {"hit": true, "miss": true, "stale": true, "skip": true},
-		"kind":   {"mutation": true, "route": true, "tag": true, "key": true, "pattern": true, "all": true},
-		"store":  {"redis": true, "redis-cluster": true, "redis-sentinel": true, "memory": true},
+		"route":   {"content": true, "user": true, "extra": true},
+		"result":  {"hit": true, "miss": true, "stale": true, "skip": true},
+		"kind":    {"mutation": true, "route": true, "tag": true, "key": true, "pattern": true, "all": true},
+		"store":   {"redis": true, "redis-cluster": true, "redis-sentinel": true, "memory": true},
+		"outcome": {copyUnchanged: true, copyReplaced: true, copyGone: true},
 	}
 	opName := regexp.MustCompile(`^[a-z]{2,16}$`) // operation names are code, not data
 	ours := visOurs(m)
