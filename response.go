@@ -454,10 +454,12 @@ func freshnessLifetime(rt *Route, cc cacheControl, hdr http.Header, now time.Tim
 // initialAge is RFC 9111 §4.2.3's corrected_initial_age.
 func initialAge(hdr http.Header, requestTime, responseTime time.Time) time.Duration {
 	var apparent time.Duration
-	if d, err := http.ParseTime(hdr.Get("Date")); err == nil {
-		// Date has one-second resolution: compare at that resolution, or
-		// every response would look up to a second old on arrival.
-		apparent = max(0, responseTime.Truncate(time.Second).Sub(d))
+	if date := hdr.Get("Date"); date != "" {
+		if d, err := http.ParseTime(date); err == nil {
+			// Date has one-second resolution: compare at that resolution,
+			// or every response would look up to a second old on arrival.
+			apparent = max(0, responseTime.Truncate(time.Second).Sub(d))
+		}
 	}
 	var ageValue time.Duration
 	if a := hdr.Get("Age"); a != "" {
