@@ -1359,3 +1359,41 @@ func caddyAdapt(t testing.TB, siteBody string) (string, error) {
 	}
 	return strings.TrimSpace(so), nil
 }
+
+// harnessLoad runs workers goroutines that call one(worker, iteration) in a
+// loop, 5 ms apart, until stop is called; stop (idempotent) returns every
+// sample.
+func harnessLoad[S any](workers int, one func(w, i int) S) (stop func() []S) {
+	var (
+		mu      sync.Mutex
+		samples []S
+		wg      sync.WaitGroup
+		done    = make(chan struct{})
+	)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				s := one(w, i)
+				mu.Lock()
+				samples = append(samples, s)
+				mu.Unlock()
+				time.Sleep(5 * time.Millisecond)
+			}
+		}(w)
+	}
+	var once sync.Once
+	return func() []S {
+		once.Do(func() { close(done) })
+		wg.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]S(nil), samples...)
+	}
+}

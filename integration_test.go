@@ -20,7 +20,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -861,43 +860,16 @@ type integSample struct {
 // integLoad runs workers goroutines that GET the given requests in a loop
 // until stop is called, which returns every sample.
 func integLoad(c *caddyProc, workers int, reqs [][]string) (stop func() []integSample) {
-	var (
-		mu      sync.Mutex
-		samples []integSample
-		wg      sync.WaitGroup
-		done    = make(chan struct{})
-	)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				rq := reqs[(w+i)%len(reqs)]
-				s := integSample{start: time.Now()}
-				resp, _, err := c.GetE(rq[0], rq[1:]...)
-				s.end, s.err = time.Now(), err
-				if resp != nil {
-					s.status, s.xcache = resp.StatusCode, resp.Header.Get("X-Cache")
-				}
-				mu.Lock()
-				samples = append(samples, s)
-				mu.Unlock()
-				time.Sleep(5 * time.Millisecond)
-			}
-		}(w)
-	}
-	return func() []integSample {
-		close(done)
-		wg.Wait()
-		mu.Lock()
-		defer mu.Unlock()
-		return samples
-	}
+	return harnessLoad(workers, func(w, i int) integSample {
+		rq := reqs[(w+i)%len(reqs)]
+		s := integSample{start: time.Now()}
+		resp, _, err := c.GetE(rq[0], rq[1:]...)
+		s.end, s.err = time.Now(), err
+		if resp != nil {
+			s.status, s.xcache = resp.StatusCode, resp.Header.Get("X-Cache")
+		}
+		return s
+	})
 }
 
 // integCheckSamples fails on any transport error, non-200 status, or a

@@ -127,45 +127,17 @@ func resLoad(c *caddyProc, workers int, pick func(w, i int) string) (stop func()
 
 // resLoadWith is resLoad with a request function of its own.
 func resLoadWith(get func(path string) (*http.Response, string, error), workers int, pick func(w, i int) string) (stop func() []resSample) {
-	var (
-		mu      sync.Mutex
-		samples []resSample
-		wg      sync.WaitGroup
-		done    = make(chan struct{})
-	)
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := 0; ; i++ {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				s := resSample{path: pick(w, i), start: time.Now()}
-				resp, body, err := get(s.path)
-				s.end, s.err, s.body = time.Now(), err, body
-				if resp != nil {
-					s.status = resp.StatusCode
-					s.xcache = resp.Header.Get("X-Cache")
-					s.cstatus = strings.Join(resp.Header.Values("Cache-Status"), ", ")
-				}
-				mu.Lock()
-				samples = append(samples, s)
-				mu.Unlock()
-				time.Sleep(5 * time.Millisecond)
-			}
-		}(w)
-	}
-	var once sync.Once
-	return func() []resSample {
-		once.Do(func() { close(done) })
-		wg.Wait()
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]resSample(nil), samples...)
-	}
+	return harnessLoad(workers, func(w, i int) resSample {
+		s := resSample{path: pick(w, i), start: time.Now()}
+		resp, body, err := get(s.path)
+		s.end, s.err, s.body = time.Now(), err, body
+		if resp != nil {
+			s.status = resp.StatusCode
+			s.xcache = resp.Header.Get("X-Cache")
+			s.cstatus = strings.Join(resp.Header.Values("Cache-Status"), ", ")
+		}
+		return s
+	})
 }
 
 // resWarmCold picks a warm path on even iterations and a never-seen cold
