@@ -322,11 +322,12 @@ func (cr *cacheRequest) readEntry(key string, gens []string) (e *entry, cur []st
 	case unchanged:
 		h.metrics.countCopyCheck(copyUnchanged)
 		return held.e, cur, true, nil
-	case held.e != nil && raw == nil:
-		h.metrics.countCopyCheck(copyGone)
-		copies.remove(key)
 	case held.e != nil:
-		h.metrics.countCopyCheck(copyReplaced)
+		outcome := copyReplaced
+		if raw == nil {
+			outcome = copyGone
+		}
+		h.metrics.countCopyCheck(outcome)
 		copies.remove(key)
 	}
 	if raw == nil {
@@ -605,10 +606,11 @@ func (cr *cacheRequest) fetchDirect(w http.ResponseWriter, fwd string, share **f
 	}
 	if err != nil || mode == modeDiscard {
 		if cr.stale != nil && cr.withinStale(cr.stale, cr.stale.age(time.Now()), cr.stale.sie) {
-			status := "fwd=stale; ttl=" + ttlSeconds(cr.stale, time.Now()) + "; detail=stale-if-error"
+			status := "fwd=stale; "
 			if cw.status != 0 {
-				status = "fwd=stale; fwd-status=" + strconv.Itoa(cw.status) + "; ttl=" + ttlSeconds(cr.stale, time.Now()) + "; detail=stale-if-error"
+				status += "fwd-status=" + strconv.Itoa(cw.status) + "; "
 			}
+			status += "ttl=" + ttlSeconds(cr.stale, time.Now()) + "; detail=stale-if-error"
 			return cr.serveEntry(w, cr.stale, resultStale, status)
 		}
 		if err != nil {

@@ -154,7 +154,7 @@ func (s *redisStore) get(ctx context.Context, key string, gens []string, tail []
 const foreignTail = "foreign"
 
 func (s *redisStore) readValue(ctx context.Context, key string, gens []string) ([]byte, []string, error) {
-	if _, cluster := s.client.(*redis.ClusterClient); cluster {
+	if s.auto == nil {
 		val, cur, _, err := s.clusterGet(ctx, key, gens, false)
 		return val, cur, err
 	}
@@ -162,7 +162,7 @@ func (s *redisStore) readValue(ctx context.Context, key string, gens []string) (
 }
 
 func (s *redisStore) readTail(ctx context.Context, key string, gens []string) ([]string, string, error) {
-	if _, cluster := s.client.(*redis.ClusterClient); cluster {
+	if s.auto == nil {
 		_, cur, tail, err := s.clusterGet(ctx, key, gens, true)
 		return cur, tail, err
 	}
@@ -182,17 +182,12 @@ func (s *redisStore) gensAndTail(ctx context.Context, key string, gens []string)
 	if err != nil && !redis.HasErrorPrefix(err, "WRONGTYPE") {
 		return nil, "", err
 	}
-	cur := make([]string, len(gens))
+	var cur []string
 	if gensCmd != nil {
 		if err := gensCmd.Err(); err != nil {
 			return nil, "", err
 		}
-		for i, v := range gensCmd.Val() {
-			cur[i] = zeroGen
-			if v, ok := v.(string); ok {
-				cur[i] = v
-			}
-		}
+		cur = mgetGenValues(gensCmd.Val())
 	}
 	if err != nil {
 		return cur, foreignTail, nil
@@ -256,13 +251,7 @@ func (s *redisStore) mget(ctx context.Context, key string, gens []string) ([]byt
 		return nil, nil, err
 	}
 	vals := cmd.(*redis.SliceCmd).Val()
-	cur := make([]string, len(gens))
-	for i := range gens {
-		cur[i] = zeroGen
-		if v, ok := vals[i+1].(string); ok {
-			cur[i] = v
-		}
-	}
+	cur := mgetGenValues(vals[1:])
 	v, ok := vals[0].(string)
 	if !ok {
 		return nil, cur, nil
@@ -270,6 +259,19 @@ func (s *redisStore) mget(ctx context.Context, key string, gens []string) ([]byt
 	// The reply string is never modified; viewing it as bytes saves copying
 	// the whole body on every hit.
 	return unsafe.Slice(unsafe.StringData(v), len(v)), cur, nil
+}
+
+// mgetGenValues reads generation values from an MGET reply: zeroGen for a
+// key that is absent (or holds another type).
+func mgetGenValues(vals []any) []string {
+	cur := make([]string, len(vals))
+	for i, v := range vals {
+		cur[i] = zeroGen
+		if v, ok := v.(string); ok {
+			cur[i] = v
+		}
+	}
+	return cur
 }
 
 func genValues(cmds []*redis.StringCmd) ([]string, error) {

@@ -121,13 +121,19 @@ func isServerError(code int) bool {
 // passthrough sends the response on to the client as it arrives.
 func (cw *captureWriter) passthrough(reason string) {
 	cw.mode = modePassthrough
-	hdr := cw.w.Header()
+	cw.forwardHeader(cw.w, cw.fwd, reason)
+	cw.w.WriteHeader(cw.status)
+}
+
+// forwardHeader gives w the upstream's header fields, as a MISS the cache
+// did not store.
+func (cw *captureWriter) forwardHeader(w http.ResponseWriter, fwd, reason string) {
+	hdr := w.Header()
 	copyHeader(hdr, cw.header)
 	cw.cr.h.stripInternal(hdr)
 	cw.cr.route.protectIdentity(hdr)
 	hdr.Set("X-Cache", resultMiss)
-	hdr.Add("Cache-Status", cacheStatusForwarded(cw.fwd, cw.status, reason))
-	cw.w.WriteHeader(cw.status)
+	hdr.Add("Cache-Status", cacheStatusForwarded(fwd, cw.status, reason))
 }
 
 // becomeStream sends a response that is taking too long to complete on to
@@ -196,13 +202,8 @@ func (cw *captureWriter) Flush() {
 // flushTo sends a discarded error response after all, when no stale entry
 // could stand in for it. Its body is gone, so only the status is sent.
 func (cw *captureWriter) flushTo(w http.ResponseWriter, fwd string) {
-	hdr := w.Header()
-	copyHeader(hdr, cw.header)
-	cw.cr.h.stripInternal(hdr)
-	cw.cr.route.protectIdentity(hdr)
-	hdr.Del("Content-Length")
-	hdr.Set("X-Cache", resultMiss)
-	hdr.Add("Cache-Status", cacheStatusForwarded(fwd, cw.status, "upstream-error"))
+	cw.forwardHeader(w, fwd, "upstream-error")
+	w.Header().Del("Content-Length")
 	w.WriteHeader(cw.status)
 }
 
@@ -384,21 +385,16 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 		// s-maxage implies proxy-revalidate for a shared cache (§5.2.2.10).
 		plan.swr, plan.sie = 0, 0
 	}
-	hasValidator := hdr.Get("ETag") != "" || hdr.Get("Last-Modified") != ""
+	plan.noCache = cc.has("no-cache") && !rt.ForceTTL
 	keepFor := max(plan.swr, plan.sie)
-	if cc.has("no-cache") && !rt.ForceTTL {
-		plan.noCache = true
-	}
-	if plan.noCache || plan.freshFor-plan.initialAge <= 0 {
-		if !hasValidator {
-			if plan.noCache {
-				return storePlan{}, "no-cache"
-			}
-			return storePlan{}, "not-fresh"
-		}
-	}
-	if hasValidator {
+	switch {
+	case hdr.Get("ETag") != "" || hdr.Get("Last-Modified") != "":
+		// Kept past its freshness, to be revalidated rather than refetched.
 		keepFor = max(keepFor, revalidationWindow)
+	case plan.noCache:
+		return storePlan{}, "no-cache"
+	case plan.freshFor-plan.initialAge <= 0:
+		return storePlan{}, "not-fresh"
 	}
 	plan.storeTTL = max(plan.freshFor-plan.initialAge, 0) + keepFor
 	plan.storeTTL = min(plan.storeTTL, time.Duration(h.MaxTTL))

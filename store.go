@@ -310,7 +310,7 @@ func (b *breaker) record(err error) {
 
 // Entry encoding. A stored value is:
 //
-//	magic "RC" | version | kind | fields... | random id (8) | crc32c of everything before
+//	magic "RC" | version | kind | fields... | random id | crc32c of everything before
 //
 // A value that fails any check decodes as an error, which the handler
 // treats as a miss and overwrites. The last entryTailLen bytes (id and
@@ -320,7 +320,8 @@ const (
 	entryMagic0   = 'R'
 	entryMagic1   = 'C'
 	entryVersion  = 2
-	entryTailLen  = 12
+	entryIDLen    = 8
+	entryTailLen  = entryIDLen + 4 // the id and the checksum
 	kindResponse  = 1
 	kindVaryIndex = 2
 )
@@ -397,7 +398,7 @@ func (e *entry) appendEncoded(buf []byte) []byte {
 	}
 	b = binary.AppendUvarint(b, uint64(len(e.body)))
 	b = append(b, e.body...)
-	var id [8]byte
+	var id [entryIDLen]byte
 	_, _ = rand.Read(id[:])
 	b = append(b, id[:]...)
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, crcTable))
@@ -536,7 +537,7 @@ func decodeEntry(raw []byte) (*entry, error) {
 	if crc32.Checksum(payload, crcTable) != binary.BigEndian.Uint32(raw[len(raw)-4:]) {
 		return nil, fmt.Errorf("%w: checksum mismatch", errCorrupt)
 	}
-	d := &decoder{b: payload[4 : len(payload)-8]}
+	d := &decoder{b: payload[4 : len(payload)-entryIDLen]}
 	e := &entry{kind: raw[3]}
 	if e.kind != kindResponse && e.kind != kindVaryIndex {
 		return nil, fmt.Errorf("%w: unknown kind %d", errCorrupt, e.kind)
