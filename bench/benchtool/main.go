@@ -21,45 +21,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/caddy-redis-cache/caddy-redis-cache/bench/internal/result"
 )
-
-type latency struct {
-	P50  float64 `json:"p50"`
-	P90  float64 `json:"p90"`
-	P99  float64 `json:"p99"`
-	Max  float64 `json:"max"`
-	Mean float64 `json:"mean"`
-}
-
-type stats struct {
-	Requests   uint64                       `json:"requests"`
-	RPS        float64                      `json:"rps"`
-	Latency    latency                      `json:"latency_ms"`
-	Status     map[string]uint64            `json:"status"`
-	Header     map[string]map[string]uint64 `json:"header"`
-	Errors     uint64                       `json:"errors"`
-	ErrSamples map[string]uint64            `json:"error_samples"`
-	Bytes      uint64                       `json:"bytes"`
-}
-
-type window struct {
-	StartS float64 `json:"start_s"`
-	EndS   float64 `json:"end_s"`
-	stats
-}
-
-type result struct {
-	Label       string  `json:"label"`
-	Loader      string  `json:"loader,omitempty"` // "wrk", or empty for loadgen
-	URL         string  `json:"url"`
-	Connections int     `json:"connections"`
-	DurationS   float64 `json:"duration_s"`
-	stats
-	Windows []window `json:"windows"`
-	// Check is the loadgen run that saw the statuses and X-Cache values
-	// of a wrk run.
-	Check *stats `json:"check,omitempty"`
-}
 
 func die(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "benchtool: "+format+"\n", a...)
@@ -124,19 +88,19 @@ func attachCheck(runPath, checkPath string) {
 	if err != nil {
 		die("%v", err)
 	}
-	run.Check = &check.stats
+	run.Check = &check.Stats
 	run.Header = check.Header
 	if err := json.NewEncoder(os.Stdout).Encode(run); err != nil {
 		die("%v", err)
 	}
 }
 
-func readResult(path string) (*result, error) {
+func readResult(path string) (*result.Run, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	var r result
+	var r result.Run
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("%s: %v", path, err)
 	}
@@ -189,7 +153,7 @@ func ratio(a, b float64) string {
 
 // statusProblems says what is wrong with a run's statuses and errors ("" if
 // all 200, or all 2xx/3xx as far as wrk can tell).
-func statusProblems(s stats) string {
+func statusProblems(s result.Stats) string {
 	var p []string
 	for k, v := range s.Status {
 		if k != "200" && k != "2xx/3xx" && v > 0 {
@@ -222,7 +186,7 @@ type row struct {
 	originCalls          int64
 	expect               string
 	note                 string
-	r                    *result
+	r                    *result.Run
 	rounds               []*row    // every measurement of this scenario/body
 	spread               []float64 // req/s of each round, when there are several
 }
@@ -405,7 +369,7 @@ func table(manifest string) int {
 			origin = strconv.FormatInt(rw.originCalls, 10)
 		}
 		status := hist(r.Status)
-		if p := statusProblems(r.stats); p != "" {
+		if p := statusProblems(r.Stats); p != "" {
 			status = "**⚠ " + status + "; " + p + "**"
 			bad++
 		}
@@ -502,7 +466,7 @@ func maxf(a, b float64) float64 {
 func windows(args []string) int {
 	type named struct {
 		label string
-		r     *result
+		r     *result.Run
 	}
 	var rs []named
 	for _, a := range args {
@@ -538,7 +502,7 @@ func windows(args []string) int {
 				name = names[i] + " (" + name + ")"
 			}
 			status := hist(w.Status)
-			if p := statusProblems(w.stats); p != "" {
+			if p := statusProblems(w.Stats); p != "" {
 				status = "**⚠ " + status + "; " + p + "**"
 				bad++
 			}

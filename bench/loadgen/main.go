@@ -34,6 +34,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/caddy-redis-cache/caddy-redis-cache/bench/internal/result"
 )
 
 // ---------------------------------------------------------------------------
@@ -152,46 +154,10 @@ func (s *stats) merge(o *stats) {
 	s.bytes += o.bytes
 }
 
-type latencyOut struct {
-	P50  float64 `json:"p50"`
-	P90  float64 `json:"p90"`
-	P99  float64 `json:"p99"`
-	Max  float64 `json:"max"`
-	Mean float64 `json:"mean"`
-}
-
-type statsOut struct {
-	Requests   uint64                       `json:"requests"`
-	RPS        float64                      `json:"rps"`
-	Latency    latencyOut                   `json:"latency_ms"`
-	Status     map[string]uint64            `json:"status"`
-	Header     map[string]map[string]uint64 `json:"header,omitempty"`
-	Errors     uint64                       `json:"errors"`
-	ErrSamples map[string]uint64            `json:"error_samples,omitempty"`
-	Bytes      uint64                       `json:"bytes"`
-}
-
-type windowOut struct {
-	StartS float64 `json:"start_s"`
-	EndS   float64 `json:"end_s"`
-	statsOut
-}
-
-type output struct {
-	Label       string  `json:"label,omitempty"`
-	URL         string  `json:"url"`
-	Method      string  `json:"method"`
-	Connections int     `json:"connections"`
-	DurationS   float64 `json:"duration_s"`
-	WarmupS     float64 `json:"warmup_s"`
-	statsOut
-	Windows []windowOut `json:"windows,omitempty"`
-}
-
 func ms(us uint64) float64 { return math.Round(float64(us)/10) / 100 } // µs → ms, 2 decimals
 
-func (s *stats) out(seconds float64, headerName string) statsOut {
-	o := statsOut{
+func (s *stats) out(seconds float64, headerName string) result.Stats {
+	o := result.Stats{
 		Requests:   s.h.n,
 		Status:     map[string]uint64{},
 		Errors:     s.errors,
@@ -202,7 +168,7 @@ func (s *stats) out(seconds float64, headerName string) statsOut {
 		o.RPS = math.Round(float64(s.h.n)/seconds*10) / 10
 	}
 	if s.h.n > 0 {
-		o.Latency = latencyOut{
+		o.Latency = result.Latency{
 			P50:  ms(s.h.quantile(0.50)),
 			P90:  ms(s.h.quantile(0.90)),
 			P99:  ms(s.h.quantile(0.99)),
@@ -423,14 +389,14 @@ func main() {
 			total.merge(s)
 		}
 	}
-	out := output{
+	out := result.Run{
 		Label:       *label,
 		URL:         *rawURL,
 		Method:      *method,
 		Connections: *conns,
 		DurationS:   dur.Seconds(),
 		WarmupS:     warmup.Seconds(),
-		statsOut:    total.out(dur.Seconds(), *countHeader),
+		Stats:       total.out(dur.Seconds(), *countHeader),
 	}
 	if *windows > 0 {
 		for i, s := range winStats {
@@ -439,10 +405,10 @@ func main() {
 			if to > *dur {
 				to = *dur
 			}
-			out.Windows = append(out.Windows, windowOut{
-				StartS:   from.Seconds(),
-				EndS:     to.Seconds(),
-				statsOut: s.out((to - from).Seconds(), *countHeader),
+			out.Windows = append(out.Windows, result.Window{
+				StartS: from.Seconds(),
+				EndS:   to.Seconds(),
+				Stats:  s.out((to - from).Seconds(), *countHeader),
 			})
 		}
 	}
