@@ -417,15 +417,7 @@ func TestResilienceRedisKilled(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	samples := stop()
 
-	counts := resCheckAll(t, "kill/restart under load", samples, resFaultLimit)
-	outage := resWithin(samples, killed, restartAt)
-	oc := resCounts(outage)
-	if len(outage) == 0 || oc["SKIP"] != len(outage) {
-		t.Fatalf("while Redis was dead: X-Cache %v, want SKIP only", oc)
-	}
-	if counts["HIT"] == 0 {
-		t.Fatalf("no HIT at all under load: %v", counts)
-	}
+	outage, _ := resCheckOutage(t, "kill/restart under load", "while Redis was dead", samples, killed, restartAt)
 	// The breaker: store operations attempted while Redis was dead are the
 	// few that opened it plus one probe per cooldown, not one per request.
 	durs := make([]time.Duration, len(outage))
@@ -467,6 +459,24 @@ func TestResilienceRedisKilled(t *testing.T) {
 	}
 }
 
+// resCheckOutage checks the samples of a load run through a Redis outage:
+// every request succeeded promptly, those sent during [from, to) were
+// SKIPs, and there were HITs around them. It returns the outage's samples
+// and their X-Cache counts.
+func resCheckOutage(t *testing.T, label, during string, samples []resSample, from, to time.Time) ([]resSample, map[string]int) {
+	t.Helper()
+	counts := resCheckAll(t, label, samples, resFaultLimit)
+	in := resWithin(samples, from, to)
+	ic := resCounts(in)
+	if len(in) == 0 || ic["SKIP"] != len(in) {
+		t.Fatalf("%s: X-Cache %v, want SKIP only", during, ic)
+	}
+	if counts["HIT"] == 0 {
+		t.Fatalf("no HIT at all under load: %v", counts)
+	}
+	return in, ic
+}
+
 // resHangTest puts load on c while hang makes Redis stop answering for a
 // while. hang returns the window in which Redis surely did not answer.
 // Every request must succeed promptly, those in the window with SKIP, the
@@ -483,15 +493,7 @@ func resHangTest(t *testing.T, r *redisServer, c *caddyProc, hang func() (from, 
 	time.Sleep(300 * time.Millisecond)
 	samples := stop()
 
-	counts := resCheckAll(t, "hang under load", samples, resFaultLimit)
-	in := resWithin(samples, from, to)
-	ic := resCounts(in)
-	if len(in) == 0 || ic["SKIP"] != len(in) {
-		t.Fatalf("while Redis did not answer: X-Cache %v, want SKIP only", ic)
-	}
-	if counts["HIT"] == 0 {
-		t.Fatalf("no HIT at all under load: %v", counts)
-	}
+	in, ic := resCheckOutage(t, "hang under load", "while Redis did not answer", samples, from, to)
 	t.Logf("hang window: %d requests %v; caching resumed %v after the window", len(in), ic, took.Round(time.Millisecond))
 
 	// Entries outlive a hang.
