@@ -139,8 +139,6 @@ func (lt *localTier) clear() {
 	lt.entries.clear()
 }
 
-func (lt *localTier) size() (entries int, bytes int64) { return lt.entries.size() }
-
 // handleNotice applies a purge notice from any instance, this one included.
 func (lt *localTier) handleNotice(msg string) {
 	if msg == "clear" {
