@@ -116,11 +116,14 @@ row() {
 	miss)
 		site=$(cache_site "$CADDY_PORT" "$REDIS_URL" "") expect=MISS
 		url="$base$path?n={n}&run=$RUN_ID" ;;
+	miss-memory)
+		site=$(cache_site "$CADDY_PORT" "" "") expect=MISS
+		url="$base$path?n={n}&run=$RUN_ID" ;;
 	*)
 		log "unknown scenario $scenario"; return 1 ;;
 	esac
 	case $scenario in
-	hit | hit-local | hit-memory | miss | dashboard-hit)
+	hit | hit-local | hit-memory | miss | miss-memory | dashboard-hit)
 		if [[ $HAVE_MODULE != 1 ]]; then
 			na "$scenario" "$body" "$MODULE_NOTE"
 			return 0
@@ -153,7 +156,7 @@ row() {
 
 for ROUND in $(seq "$ROUNDS"); do
 	for body in small large; do
-		for scenario in respond proxy hit hit-local hit-memory proxy-unique miss; do
+		for scenario in respond proxy hit hit-local hit-memory proxy-unique miss miss-memory; do
 			row "$scenario" "$body"
 		done
 	done

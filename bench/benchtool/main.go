@@ -304,7 +304,7 @@ func table(manifest string) int {
 	// Which proxy row each scenario is compared with.
 	proxyRef := func(rw *row) (string, string) {
 		switch rw.scenario {
-		case "miss":
+		case "miss", "miss-memory":
 			return "proxy-unique", rw.body
 		case "dashboard-hit":
 			return "dashboard-proxy", "dashboard"
@@ -419,6 +419,10 @@ func table(manifest string) int {
 			notes = append(notes, fmt.Sprintf("- MISS+store %s: %.0f req/s vs %.0f uncached (%.0f%%); p50 %s ms vs %s ms (+%s ms).",
 				body, m.r.RPS, p.r.RPS, 100*m.r.RPS/maxf(p.r.RPS, 1e-9), ms(m.r.Latency.P50), ms(p.r.Latency.P50),
 				ms(m.r.Latency.P50-p.r.Latency.P50)))
+		}
+		if m, p := byKey[key("miss-memory", body)], byKey[key("proxy-unique", body)]; m != nil && p != nil && m.r != nil && p.r != nil {
+			notes = append(notes, fmt.Sprintf("- MISS+store, embedded store (the handler's own cost, no Redis) %s: %.0f req/s vs %.0f uncached (%.0f%%).",
+				body, m.r.RPS, p.r.RPS, 100*m.r.RPS/maxf(p.r.RPS, 1e-9)))
 		}
 	}
 	if h, u := byKey[key("dashboard-hit", "dashboard")], byKey[key("dashboard-proxy", "dashboard")]; h != nil && u != nil && h.r != nil && u.r != nil && u.r.RPS > 0 && h.r.Latency.P50 > 0 {
