@@ -170,7 +170,7 @@ func (cr *cacheRequest) serve(w http.ResponseWriter) error {
 		// The lookup still runs: its generations stamp the new entry.
 		if _, _, err := cr.lookup(); err != nil {
 			h.logStoreError("lookup", err)
-			return h.bypass(w, cr.r, cr.next, cr.route, "bypass", "store-unavailable")
+			return h.bypass(w, cr.r, cr.next, cr.route, "bypass", storeUnavailable)
 		}
 		return cr.fetch(w, "request")
 	}
@@ -180,7 +180,7 @@ func (cr *cacheRequest) serve(w http.ResponseWriter) error {
 	e, fwd, err := cr.lookup()
 	if err != nil {
 		h.logStoreError("lookup", err)
-		return h.bypass(w, cr.r, cr.next, cr.route, "bypass", "store-unavailable")
+		return cr.fetchWithoutStore(w)
 	}
 	now := time.Now()
 	if e != nil {
@@ -528,6 +528,45 @@ func (cr *cacheRequest) fetch(w http.ResponseWriter, fwd string) error {
 	}
 	return cr.fetchDirect(w, fwd, &shared)
 }
+
+// fetchWithoutStore answers a request that could not be looked up because
+// the store is down (or its breaker is open): a SKIP, nothing is stored.
+// Concurrent requests for the same key still share one upstream request
+// when its answer could have been stored, so that an outage of the store
+// does not multiply the upstream's load on hot keys.
+func (cr *cacheRequest) fetchWithoutStore(w http.ResponseWriter) error {
+	h := cr.h
+	flightKey := "\x00" + storeUnavailable + "\x00" + cr.key.primary
+	f, leader := h.flights.join(flightKey)
+	if !leader {
+		if res := f.wait(cr.r.Context(), time.Duration(h.CoalesceWait)); res != nil && res.sharableWith(cr.r) {
+			return cr.serveEntryAs(w, res.entry, resultSkip, "fwd=bypass; collapsed; detail="+storeUnavailable, true)
+		}
+		return h.bypass(w, cr.r, cr.next, cr.route, "bypass", storeUnavailable)
+	}
+	var shared *fetched
+	defer func() { h.flights.finish(flightKey, f, shared) }()
+	cw := newCaptureWriter(w, cr, "bypass")
+	cw.xcache = resultSkip
+	// Like every SKIP, not a cache fill: the upstream fetch time metric
+	// is not observed.
+	start := time.Now()
+	err := cr.next.ServeHTTP(cw, cr.upstreamRequest())
+	h.count(cr.route, resultSkip)
+	if mode := cw.finish(); mode != modeBuffer || err != nil {
+		// Passed through as it arrived, or nothing was written: with no
+		// stale entry to fall back on, nothing is ever held back.
+		return err
+	}
+	shared = cw.result(start)
+	// As in writeFetched, a client that went away is not the handler's error.
+	_ = cr.serveEntryAs(w, shared.entry, resultSkip, "fwd=bypass; fwd-status="+strconv.Itoa(shared.entry.status)+"; detail="+storeUnavailable, false)
+	return nil
+}
+
+// storeUnavailable is the Cache-Status detail of a request answered
+// without the store because it could not be reached.
+const storeUnavailable = "store-unavailable"
 
 // coalesceAcrossInstances makes one Caddy among all those sharing the store
 // fetch a cold key. It either takes the key's lock (and returns its

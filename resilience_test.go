@@ -868,6 +868,73 @@ func TestResilienceCoalescing(t *testing.T) {
 // 3. Stale serving
 // ---------------------------------------------------------------------------
 
+// TestResilienceOutageCollapsing: while Redis is down, a burst of requests
+// for one hot key still makes one upstream request, whose answer every
+// request gets as a SKIP; an answer that could not have been stored
+// (private) is never shared, so each request goes upstream itself.
+func TestResilienceOutageCollapsing(t *testing.T) {
+	r := startRedis(t)
+	u := newUpstream(t)
+	c := startCaddy(t, resFaultSite(u, r))
+	client := resClient(30*time.Second, 64)
+	defer client.CloseIdleConnections()
+	resWarmConns(t, client, c, 40)
+	r.Kill()
+	for i := 0; ; i++ {
+		s := resSampleOf(client, c.BaseURL, fmt.Sprintf("/api/content/down-%d", i))
+		if s.err == nil && s.status == 200 && s.xcache == "SKIP" {
+			break
+		}
+		if i == 50 {
+			t.Fatalf("Redis killed: never answered SKIP (last: %v %d %q)", s.err, s.status, s.xcache)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	u.SetDelay(400 * time.Millisecond)
+	defer u.SetDelay(0)
+
+	const hot = "/api/content/outage-hot"
+	body, collapsed := "", 0
+	for i, s := range resBurst(40, func(int) resSample { return resSampleOf(client, c.BaseURL, hot) }) {
+		if s.err != nil || s.status != 200 || s.xcache != "SKIP" || !strings.Contains(s.cstatus, "detail=store-unavailable") {
+			t.Fatalf("hot request %d: %v, status %d, X-Cache %q, Cache-Status %q", i, s.err, s.status, s.xcache, s.cstatus)
+		}
+		if body == "" {
+			body = s.body
+		}
+		if s.body != body {
+			t.Fatalf("hot request %d: body %q, another got %q", i, s.body, body)
+		}
+		if strings.Contains(s.cstatus, "collapsed") {
+			collapsed++
+		}
+	}
+	if n := u.Calls("GET", hot); n != 1 || collapsed != 39 {
+		t.Fatalf("40 concurrent requests while Redis was down: %d upstream calls, %d collapsed; want 1 and 39", n, collapsed)
+	}
+	if b := resBody(t, "hot", body); b.Path != hot {
+		t.Fatalf("hot body %q", body)
+	}
+
+	const private = "/api/content/outage-private"
+	var seq atomic.Int64
+	u.Handle(private, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Cache-Control", "private, max-age=60")
+		fmt.Fprintf(w, "private answer %d", seq.Add(1))
+	})
+	seen := map[string]bool{}
+	for i, s := range resBurst(10, func(int) resSample { return resSampleOf(client, c.BaseURL, private) }) {
+		if s.err != nil || s.status != 200 || s.xcache != "SKIP" || strings.Contains(s.cstatus, "collapsed") {
+			t.Fatalf("private request %d: %v, status %d, X-Cache %q, Cache-Status %q", i, s.err, s.status, s.xcache, s.cstatus)
+		}
+		seen[s.body] = true
+	}
+	if n := u.Calls("GET", private); n != 10 || len(seen) != 10 {
+		t.Fatalf("10 concurrent requests for a private answer: %d upstream calls, %d distinct bodies; want 10 and 10", n, len(seen))
+	}
+	t.Logf("Redis down: 40 concurrent requests for a hot key made 1 upstream call (39 collapsed); 10 for a private answer made 10")
+}
+
 // TestResilienceStaleWhileRevalidate: past the TTL the entry is served
 // STALE at once, even to 20 concurrent clients and with a slow upstream,
 // while exactly one background request refreshes it; then it is a HIT with

@@ -28,6 +28,7 @@ type captureWriter struct {
 	w      http.ResponseWriter
 	cr     *cacheRequest
 	fwd    string
+	xcache string // what a response passed straight through is marked as
 	start  time.Time
 	header http.Header
 	status int
@@ -62,7 +63,7 @@ type storePlan struct {
 const revalidationWindow = 10 * time.Minute
 
 func newCaptureWriter(w http.ResponseWriter, cr *cacheRequest, fwd string) *captureWriter {
-	return &captureWriter{w: w, cr: cr, fwd: fwd, start: time.Now(), header: make(http.Header)}
+	return &captureWriter{w: w, cr: cr, fwd: fwd, xcache: resultMiss, start: time.Now(), header: make(http.Header)}
 }
 
 func (cw *captureWriter) Header() http.Header { return cw.header }
@@ -125,14 +126,17 @@ func (cw *captureWriter) passthrough(reason string) {
 	cw.w.WriteHeader(cw.status)
 }
 
-// forwardHeader gives w the upstream's header fields, as a MISS the cache
-// did not store.
+// forwardHeader gives w the upstream's header fields, marked as cw.xcache:
+// a MISS the cache did not store, or a SKIP while the store is down.
 func (cw *captureWriter) forwardHeader(w http.ResponseWriter, fwd, reason string) {
 	hdr := w.Header()
 	copyHeader(hdr, cw.header)
 	cw.cr.h.stripInternal(hdr)
 	cw.cr.route.protectIdentity(hdr)
-	hdr.Set("X-Cache", resultMiss)
+	hdr.Set("X-Cache", cw.xcache)
+	if cw.xcache == resultSkip {
+		reason = storeUnavailable
+	}
 	hdr.Add("Cache-Status", cacheStatusForwarded(fwd, cw.status, reason))
 }
 
