@@ -550,7 +550,6 @@ func (cr *cacheRequest) fetchWithoutStore(w http.ResponseWriter) error {
 	cw.xcache = resultSkip
 	// Like every SKIP, not a cache fill: the upstream fetch time metric
 	// is not observed.
-	start := time.Now()
 	err := cr.next.ServeHTTP(cw, cr.upstreamRequest())
 	h.count(cr.route, resultSkip)
 	if mode := cw.finish(); mode != modeBuffer || err != nil {
@@ -558,7 +557,7 @@ func (cr *cacheRequest) fetchWithoutStore(w http.ResponseWriter) error {
 		// stale entry to fall back on, nothing is ever held back.
 		return err
 	}
-	shared = cw.result(start)
+	shared = cw.result()
 	// As in writeFetched, a client that went away is not the handler's error.
 	_ = cr.serveEntryAs(w, shared.entry, resultSkip, "fwd=bypass; fwd-status="+strconv.Itoa(shared.entry.status)+"; detail="+storeUnavailable, false)
 	return nil
@@ -668,7 +667,7 @@ func (cr *cacheRequest) fetchDirect(w http.ResponseWriter, fwd string, share **f
 	if mode == modeRevalidated {
 		return cr.serveRevalidated(w, cw, share)
 	}
-	res := cw.result(start)
+	res := cw.result()
 	if share != nil {
 		*share = res
 	}

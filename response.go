@@ -221,7 +221,7 @@ type fetched struct {
 	varyValues []string // the leader's values of those headers
 }
 
-func (cw *captureWriter) result(start time.Time) *fetched {
+func (cw *captureWriter) result() *fetched {
 	h := cw.cr.h
 	hdr := cw.header.Clone()
 	res := &fetched{
