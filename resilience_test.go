@@ -127,17 +127,20 @@ func resLoad(c *caddyProc, workers int, pick func(w, i int) string) (stop func()
 
 // resLoadWith is resLoad with a request function of its own.
 func resLoadWith(get func(path string) (*http.Response, string, error), workers int, pick func(w, i int) string) (stop func() []resSample) {
-	return harnessLoad(workers, func(w, i int) resSample {
-		s := resSample{path: pick(w, i), start: time.Now()}
-		resp, body, err := get(s.path)
-		s.end, s.err, s.body = time.Now(), err, body
-		if resp != nil {
-			s.status = resp.StatusCode
-			s.xcache = resp.Header.Get("X-Cache")
-			s.cstatus = strings.Join(resp.Header.Values("Cache-Status"), ", ")
-		}
-		return s
-	})
+	return harnessLoad(workers, func(w, i int) resSample { return resTake(pick(w, i), get) })
+}
+
+// resTake performs get(path) as a timed sample.
+func resTake(path string, get func(path string) (*http.Response, string, error)) resSample {
+	s := resSample{path: path, start: time.Now()}
+	resp, body, err := get(path)
+	s.end, s.err, s.body = time.Now(), err, body
+	if resp != nil {
+		s.status = resp.StatusCode
+		s.xcache = resp.Header.Get("X-Cache")
+		s.cstatus = strings.Join(resp.Header.Values("Cache-Status"), ", ")
+	}
+	return s
 }
 
 // resWarmCold picks a warm path on even iterations and a never-seen cold
@@ -338,15 +341,9 @@ func resBurst(n int, do func(i int) resSample) []resSample {
 
 // resSampleOf performs GET base+path through client as a sample.
 func resSampleOf(client *http.Client, base, path string, headers ...string) resSample {
-	s := resSample{path: path, start: time.Now()}
-	resp, body, err := resGet(client, base, path, headers...)
-	s.end, s.err, s.body = time.Now(), err, body
-	if resp != nil {
-		s.status = resp.StatusCode
-		s.xcache = resp.Header.Get("X-Cache")
-		s.cstatus = strings.Join(resp.Header.Values("Cache-Status"), ", ")
-	}
-	return s
+	return resTake(path, func(path string) (*http.Response, string, error) {
+		return resGet(client, base, path, headers...)
+	})
 }
 
 // resWarmConns opens n keep-alive connections from client to c (on the
