@@ -35,6 +35,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		sentinel_master <name>
 //		namespace <prefix>
 //		purge_on <methods...>
+//		purge_status <codes...>
 //		timeout <duration>
 //		breaker <failures> <cooldown>
 //		memory_limit <size>
@@ -47,6 +48,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		request_cache_control ignore|honor
 //		coalesce
 //		coalesce_wait <duration>
+//		fetch_timeout <duration>
 //		route <name> <path-pattern> [<ttl>] {
 //			ttl <duration>
 //			force_ttl
@@ -113,10 +115,24 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		for i, m := range h.PurgeOn {
 			h.PurgeOn[i] = strings.ToUpper(m)
 		}
+	case "purge_status":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return d.ArgErr()
+		}
+		for _, a := range args {
+			code, convErr := strconv.Atoi(a)
+			if convErr != nil || code < 200 || code > 399 {
+				return d.Errf("purge_status %q: must be a 2xx or 3xx status code (errors never purge)", a)
+			}
+			h.PurgeStatus = append(h.PurgeStatus, code)
+		}
 	case "timeout":
 		err = durationArg(d, &h.Timeout)
 	case "max_ttl":
 		err = durationArg(d, &h.MaxTTL)
+	case "fetch_timeout":
+		err = durationArg(d, &h.FetchTimeout)
 	case "request_cache_control":
 		if h.RequestCacheControl, err = singleArg(d); err == nil && h.RequestCacheControl != "ignore" && h.RequestCacheControl != "honor" {
 			return d.Errf("request_cache_control %q: must be 'ignore' or 'honor'", h.RequestCacheControl)

@@ -138,7 +138,7 @@ func TestStoreTailCheck(t *testing.T) {
 			}
 
 			val, cur, unchanged, err := s.get(ctx, "t:entry", gens, entryTail(first))
-			if err != nil || !unchanged || val != nil || cur[0] == zeroGen || cur[1] != zeroGen {
+			if err != nil || !unchanged || val != nil || cur[0] == genMissing || cur[1] != genMissing {
 				t.Fatalf("unchanged value: val %q cur %v unchanged %v err %v", val, cur, unchanged, err)
 			}
 			if err := s.set(ctx, "t:entry", second, time.Minute); err != nil {
@@ -169,7 +169,9 @@ func TestStoreTailCheck(t *testing.T) {
 // setIf on a single Redis, for a small value (one Lua call) and a large one
 // (staged with SET, then moved by Lua): stored only while the guard holds,
 // with the entry's TTL, also when Redis has forgotten the scripts, and
-// never leaving a staged key behind.
+// never leaving a staged key behind. A generation recorded as a birth is
+// created with the entry; one that vanished refuses the write; a foreign
+// value at a generation key is overwritten, not an error.
 func TestStoreGuardedSet(t *testing.T) {
 	t.Parallel()
 	r := startRedis(t)
@@ -179,16 +181,23 @@ func TestStoreGuardedSet(t *testing.T) {
 	}
 	defer s.close()
 	ctx := context.Background()
-	const guard = "t:_g:epoch"
+	const gen = "t:_g:r:x"
+	guard := func(val string) storeGuard {
+		return storeGuard{gens: []genStamp{{key: gen, val: val}}, late: 1, elapsed: time.Second, patterns: "t:_g:purged", genTTL: time.Hour}
+	}
 	for _, size := range []int{100, stagedSetMinSize, 64 << 10} {
 		value := bytes.Repeat([]byte{'v'}, size)
 		key := fmt.Sprintf("t:entry:%d", size)
 		if err := s.client.ScriptFlush(ctx).Err(); err != nil {
 			t.Fatal(err)
 		}
-		ok, err := s.setIf(ctx, key, value, time.Minute, guard, zeroGen)
-		if err != nil || !ok {
-			t.Fatalf("size %d, guard unchanged: stored %v, err %v", size, ok, err)
+		birth := newBirthGen()
+		out, err := s.setIf(ctx, key, value, time.Minute, guard(birth))
+		if err != nil || out != outcomeStored {
+			t.Fatalf("size %d, new generation: outcome %v, err %v", size, out, err)
+		}
+		if got := s.client.Get(ctx, gen).Val(); got != birth {
+			t.Fatalf("size %d: generation %q after the write, want the birth %q", size, got, birth)
 		}
 		got, err := s.client.Get(ctx, key).Bytes()
 		if err != nil || !bytes.Equal(got, value) {
@@ -197,17 +206,30 @@ func TestStoreGuardedSet(t *testing.T) {
 		if ttl := s.client.PTTL(ctx, key).Val(); ttl < 50*time.Second || ttl > time.Minute {
 			t.Fatalf("size %d: TTL %v, want about 1m", size, ttl)
 		}
-		if err := s.bump(ctx, false, time.Minute, guard); err != nil {
+		if err := s.bump(ctx, false, time.Minute, gen); err != nil {
 			t.Fatal(err)
 		}
-		ok, err = s.setIf(ctx, key, []byte("newer"), time.Minute, guard, zeroGen)
-		if err != nil || ok {
-			t.Fatalf("size %d, guard moved: stored %v, err %v", size, ok, err)
+		out, err = s.setIf(ctx, key, []byte("newer"), time.Minute, guard(birth))
+		if err != nil || out != outcomePurged {
+			t.Fatalf("size %d, generation bumped: outcome %v, err %v", size, out, err)
 		}
 		if got, _ := s.client.Get(ctx, key).Bytes(); !bytes.Equal(got, value) {
 			t.Fatalf("size %d: a write whose guard moved replaced the value", size)
 		}
-		if err := s.client.Del(ctx, guard).Err(); err != nil {
+		bumped := s.client.Get(ctx, gen).Val()
+		if err := s.client.Del(ctx, gen).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if out, err = s.setIf(ctx, key, []byte("newer"), time.Minute, guard(bumped)); err != nil || out != outcomeGenLost {
+			t.Fatalf("size %d, generation gone: outcome %v, err %v", size, out, err)
+		}
+		if err := s.client.HSet(ctx, gen, "f", "v").Err(); err != nil {
+			t.Fatal(err)
+		}
+		if out, err = s.setIf(ctx, key, value, time.Minute, guard(newBirthGen())); err != nil || out != outcomeStored {
+			t.Fatalf("size %d, foreign generation: outcome %v, err %v", size, out, err)
+		}
+		if err := s.client.Del(ctx, gen).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}

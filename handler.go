@@ -154,8 +154,9 @@ type cacheRequest struct {
 	varyIdx *entry   // the Vary index found at the primary key
 	reqCC   requestDirectives
 
-	// purgeEpoch is the namespace's purge epoch at lookup; see storeFetched.
-	purgeEpoch string
+	// lookupAt is when the lookup began: purges after it may postdate the
+	// answer the upstream computes, see storeGuard.
+	lookupAt time.Time
 
 	// background marks a refresh that no client waits for; it is not a
 	// request, so it is not counted in metrics or stats.
@@ -236,7 +237,7 @@ func (cr *cacheRequest) localHit() *entry {
 	e := lt.get(cr.key.primary, func(idx *entry) string {
 		return variantKey(cr.key.primary, idx.varyEpoch, idx.vary, cr.r)
 	})
-	if e == nil || e.noCache || e.age(time.Now()) >= e.freshFor {
+	if e == nil || e.noCache || e.age(time.Now()) >= e.freshFor || cr.h.store.pending.coversAny(e.gens) {
 		return nil
 	}
 	return e
@@ -269,12 +270,12 @@ func (cr *cacheRequest) lookup() (*entry, string, error) {
 }
 
 func (cr *cacheRequest) lookupStore() (*entry, string, error) {
-	h := cr.h
-	e, cur, present, err := cr.readEntry(cr.key.primary, append(cr.gens[:len(cr.gens):len(cr.gens)], h.purgeEpochKey()))
+	cr.lookupAt = time.Now()
+	e, cur, present, err := cr.readEntry(cr.key.primary, cr.gens)
 	if err != nil {
 		return nil, "", err
 	}
-	cr.cur, cr.purgeEpoch = cur[:len(cur)-1], cur[len(cur)-1]
+	cr.cur = cur
 	switch {
 	case e == nil && present:
 		return nil, "miss", nil
@@ -346,9 +347,10 @@ func (cr *cacheRequest) readEntry(key string, gens []string) (e *entry, cur []st
 	return e, cur, true, nil
 }
 
-// gensValid reports whether no generation the entry recorded was hard
-// bumped since. Tags that came from the upstream's response are not known
-// before the lookup, so their generations cost a second round trip.
+// gensValid reports whether every generation the entry recorded is still
+// known and not hard bumped since, and none has a purge waiting in this
+// instance's queue. Tags that came from the upstream's response are not
+// known before the lookup, so their generations cost a second round trip.
 func (cr *cacheRequest) gensValid(e *entry) (bool, error) {
 	var extra []string
 	for _, g := range e.gens {
@@ -364,23 +366,31 @@ func (cr *cacheRequest) gensValid(e *entry) (bool, error) {
 		cr.gens = append(cr.gens, extra...)
 		cr.cur = append(cr.cur, vals...)
 	}
+	pending := cr.h.store.pending
 	for _, g := range e.gens {
-		if hardPart(g.val) != hardPart(cr.currentGen(g.key)) {
+		cur := cr.currentGen(g.key)
+		if cur == genMissing || hardPart(g.val) != hardPart(cur) || pending.covers(g.key) {
 			return false, nil
 		}
 	}
-	// Generations the request implies but the entry did not record (a tag
-	// added to the route later) must still be untouched.
-	recorded := make(map[string]bool, len(e.gens))
-	for _, g := range e.gens {
-		recorded[g.key] = true
-	}
-	for i, key := range cr.gens {
-		if !recorded[key] && hardPart(cr.cur[i]) != hardPart(zeroGen) {
+	// A generation the request implies but the entry did not record (a tag
+	// added to the route since) says nothing about the entry.
+	for _, key := range cr.gens {
+		if !e.records(key) {
 			return false, nil
 		}
 	}
 	return true, nil
+}
+
+// records reports whether the entry recorded the generation key.
+func (e *entry) records(key string) bool {
+	for _, g := range e.gens {
+		if g.key == key {
+			return true
+		}
+	}
+	return false
 }
 
 // softPurged reports whether a soft purge marked the entry stale.
@@ -399,12 +409,7 @@ func (cr *cacheRequest) currentGen(key string) string {
 			return cr.cur[i]
 		}
 	}
-	return ""
-}
-
-func hardPart(gen string) string {
-	h, _, _ := strings.Cut(gen, ":")
-	return h
+	return genMissing
 }
 
 func (cr *cacheRequest) withinStale(e *entry, age, window time.Duration) bool {
@@ -497,38 +502,6 @@ func (e *entry) age(now time.Time) time.Duration {
 	return e.initialAge + now.Sub(e.storedAt)
 }
 
-// fetch goes to the upstream, coalescing concurrent misses for the same
-// key into one upstream request.
-func (cr *cacheRequest) fetch(w http.ResponseWriter, fwd string) error {
-	h := cr.h
-	// Only requests that read the same generations share a fetch: one that
-	// looked up after a purge must not get an answer the upstream began
-	// producing before it.
-	flightKey := cr.key.primary + "\x00" + strings.Join(cr.cur, ",") + "\x00" + cr.purgeEpoch
-	f, leader := h.flights.join(flightKey)
-	if !leader {
-		if res := f.wait(cr.r.Context(), time.Duration(h.CoalesceWait)); res != nil && res.sharableWith(cr.r) {
-			return cr.serveFetched(w, res, "fwd="+fwd+"; collapsed")
-		}
-		// The leader's answer was not shareable; go ourselves, without
-		// coalescing again.
-		return cr.fetchDirect(w, fwd, nil)
-	}
-	var shared *fetched
-	defer func() { h.flights.finish(flightKey, f, shared) }()
-	if h.Coalesce {
-		release, e := cr.coalesceAcrossInstances()
-		if e != nil {
-			shared = newFetched(e, 0, cr.r) // local waiters share it
-			return cr.serveEntry(w, e, resultMiss, "fwd="+fwd+"; collapsed")
-		}
-		if release != nil {
-			defer release()
-		}
-	}
-	return cr.fetchDirect(w, fwd, &shared)
-}
-
 // fetchWithoutStore answers a request that could not be looked up because
 // the store is down (or its breaker is open): a SKIP, nothing is stored.
 // Concurrent requests for the same key still share one upstream request
@@ -539,13 +512,14 @@ func (cr *cacheRequest) fetchWithoutStore(w http.ResponseWriter) error {
 	flightKey := "\x00" + storeUnavailable + "\x00" + cr.key.primary
 	f, leader := h.flights.join(flightKey)
 	if !leader {
-		if res := f.wait(cr.r.Context(), time.Duration(h.CoalesceWait)); res != nil && res.sharableWith(cr.r) {
+		if res := f.wait(cr.r.Context(), time.Duration(h.FetchTimeout)); res != nil && res.sharableWith(cr.r) {
 			return cr.serveEntryAs(w, res.entry, resultSkip, "fwd=bypass; collapsed; detail="+storeUnavailable, true)
 		}
 		return h.bypass(w, cr.r, cr.next, cr.route, "bypass", storeUnavailable)
 	}
 	var shared *fetched
 	defer func() { h.flights.finish(flightKey, f, shared) }()
+	defer cr.detach(f)()
 	cw := newCaptureWriter(w, cr, "bypass")
 	cw.xcache = resultSkip
 	// Like every SKIP, not a cache fill: the upstream fetch time metric
@@ -566,60 +540,6 @@ func (cr *cacheRequest) fetchWithoutStore(w http.ResponseWriter) error {
 // storeUnavailable is the Cache-Status detail of a request answered
 // without the store because it could not be reached.
 const storeUnavailable = "store-unavailable"
-
-// coalesceAcrossInstances makes one Caddy among all those sharing the store
-// fetch a cold key. It either takes the key's lock (and returns its
-// release) or waits for the lock holder's entry, which it returns. With
-// neither, because the holder's answer was not storable, the wait timed
-// out or the store failed, the caller fetches by itself.
-func (cr *cacheRequest) coalesceAcrossInstances() (release func(), e *entry) {
-	h := cr.h
-	ctx := cr.r.Context()
-	lockKey := h.lockKey(cr.key.primary)
-	token := randomToken()
-	wait := time.Duration(h.CoalesceWait)
-	ok, err := h.store.lock(ctx, lockKey, token, wait)
-	if err != nil {
-		return nil, nil
-	}
-	if ok {
-		return func() { _ = h.store.unlock(context.WithoutCancel(ctx), lockKey, token) }, nil
-	}
-	deadline := time.NewTimer(wait)
-	defer deadline.Stop()
-	tick := time.NewTicker(coalescePoll)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil, nil
-		case <-deadline.C:
-			return nil, nil
-		case <-tick.C:
-		}
-		// The lock first: read after it, the entry of a holder that just
-		// stored and released is seen. The lock's value reads like a
-		// generation: zeroGen when absent.
-		held, err := h.store.gens(ctx, []string{lockKey})
-		if err != nil {
-			return nil, nil
-		}
-		found, _, err := cr.lookup()
-		if err != nil {
-			return nil, nil
-		}
-		if found != nil && found.age(time.Now()) < found.freshFor && !found.noCache {
-			return nil, found
-		}
-		if held[0] == zeroGen {
-			return nil, nil
-		}
-	}
-}
-
-// coalescePoll is how often an instance waiting for another instance's
-// upstream request checks the store.
-const coalescePoll = 20 * time.Millisecond
 
 func randomToken() string {
 	var b [12]byte
@@ -784,94 +704,6 @@ func (cr *cacheRequest) writeFetched(w http.ResponseWriter, res *fetched, status
 	return nil
 }
 
-// storeFetched writes a fetched response (and, for a Vary response, its
-// index) to the store. Failures only cost a future miss.
-func (cr *cacheRequest) storeFetched(res *fetched) {
-	h := cr.h
-	ctx := context.WithoutCancel(cr.r.Context())
-	e := res.entry
-	e.gens = cr.stamps()
-	// The purge epoch advances with every purge. If it moved while the
-	// upstream was answering, this answer may predate a purge that its
-	// lookup could not see coming (a pattern, or a tag the upstream only
-	// now names), so it is not stored.
-	// The final write repeats the check atomically where the store can.
-	if len(res.tags) > 0 {
-		check := make([]string, 0, 1+len(res.tags))
-		check = append(check, h.purgeEpochKey())
-		for _, t := range res.tags {
-			check = append(check, h.tagGenKey(t))
-		}
-		vals, err := h.store.gens(ctx, check)
-		if err != nil {
-			h.logStoreError("store", err)
-			return
-		}
-		if vals[0] != cr.purgeEpoch {
-			return
-		}
-		for i, g := range check[1:] {
-			e.gens = append(e.gens, genStamp{key: g, val: vals[i+1]})
-		}
-	}
-	ttl := res.storeTTL
-	key := cr.key.primary
-	if len(res.vary) > 0 {
-		epoch := ""
-		if cr.varyIdx != nil && equalFold(cr.varyIdx.vary, res.vary) {
-			epoch = cr.varyIdx.varyEpoch
-		} else {
-			epoch = strconv.FormatInt(time.Now().UnixNano(), 36)
-			idx := &entry{kind: kindVaryIndex, storedAt: e.storedAt, vary: res.vary, varyEpoch: epoch, header: http.Header{}}
-			if err := h.store.set(ctx, key, idx.encode(), time.Duration(h.MaxTTL)); err != nil {
-				h.logStoreError("store", err)
-				return
-			}
-			cr.keepLocal(key, idx)
-		}
-		key = variantKey(cr.key.primary, epoch, res.vary, cr.r)
-	}
-	var buf []byte
-	if b, ok := encodeBuffers.Get().(*[]byte); ok {
-		buf = *b
-	}
-	raw := e.appendEncoded(buf)
-	stored, err := h.store.setIf(ctx, key, raw, ttl, h.purgeEpochKey(), cr.purgeEpoch)
-	if err != nil {
-		h.logStoreError("store", err)
-	} else if cap(raw) <= maxPooledEncodeBuffer {
-		// The store has written raw out (or copied it) and nothing keeps
-		// it. After an error it may still be queued to be written, so it is
-		// left to the garbage collector.
-		encodeBuffers.Put(&raw)
-	}
-	if !stored {
-		return
-	}
-	if copies := h.store.copies; copies != nil {
-		// Whatever this instance held for the key is not what Redis holds
-		// now. The new entry is not held until it is read back: most
-		// entries are never read by the instance that stored them.
-		copies.remove(key)
-	}
-	cr.keepLocal(key, e)
-	h.metrics.addStored(cr.route.Name, len(raw))
-}
-
-// stamps records the generation values seen at lookup, so that a purge that
-// happens while the upstream is answering invalidates this entry too.
-func (cr *cacheRequest) stamps() []genStamp {
-	out := make([]genStamp, 0, len(cr.gens))
-	for i, k := range cr.gens {
-		v := zeroGen
-		if i < len(cr.cur) {
-			v = cr.cur[i]
-		}
-		out = append(out, genStamp{key: k, val: v})
-	}
-	return out
-}
-
 func equalFold(a, b []string) bool {
 	if len(a) != len(b) {
 		return false
@@ -893,7 +725,7 @@ func (cr *cacheRequest) refreshInBackground() {
 		return
 	}
 	bgReq := cr.r.Clone(context.WithoutCancel(cr.r.Context()))
-	bg := &cacheRequest{h: h, route: cr.route, r: bgReq, next: cr.next, key: cr.key, tagGens: cr.tagGens, gens: cr.gens, cur: cr.cur, purgeEpoch: cr.purgeEpoch, varyIdx: cr.varyIdx, stale: cr.stale, background: true}
+	bg := &cacheRequest{h: h, route: cr.route, r: bgReq, next: cr.next, key: cr.key, tagGens: cr.tagGens, gens: cr.gens, cur: cr.cur, lookupAt: cr.lookupAt, varyIdx: cr.varyIdx, stale: cr.stale, background: true}
 	h.background.Add(1)
 	go func() {
 		defer h.background.Done()

@@ -12,7 +12,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 )
 
 func init() {
@@ -20,8 +19,9 @@ func init() {
 }
 
 // serveMutation passes a mutating request to the upstream and, when the
-// answer is a success (2xx or 3xx), invalidates before the client sees it,
-// so the client's next read cannot get the old data.
+// answer is not an error, invalidates before the client sees it, so the
+// client's next read cannot get the old data. A purge the store does not
+// take is queued and retried; the client's answer is not held back.
 func (h *Handler) serveMutation(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rt *Route, normPath string) error {
 	h.count(rt, resultSkip)
 	sw := &stampWriter{ResponseWriter: w, h: h, xcache: resultSkip, fwd: "method"}
@@ -29,24 +29,29 @@ func (h *Handler) serveMutation(w http.ResponseWriter, r *http.Request, next cad
 		if code < 200 || code >= 400 {
 			return
 		}
-		gens := append(h.mutationGens(r, rt, normPath, hdr), h.purgeEpochKey())
-		if err := h.store.bump(r.Context(), false, h.genTTL, gens...); err != nil {
-			h.logger.Warn("purge after mutation failed", zap.String("route", rt.Name), zap.Error(err))
-			return
-		}
-		h.metrics.countPurge("mutation")
+		h.purgeGens(r.Context(), "mutation", false, h.mutationGens(r, rt, normPath, code, hdr)...)
 	}
 	return next.ServeHTTP(sw, r)
 }
 
+// purgeGens bumps generations, queueing them for retry when the store does
+// not take them, and reports whether they were queued.
+func (h *Handler) purgeGens(ctx context.Context, kind string, soft bool, gens ...string) bool {
+	queued := h.store.purge(ctx, soft, h.genTTL, h.allGenKey(), gens...)
+	h.metrics.countPurge(kind)
+	return queued
+}
+
 // mutationGens lists the generations a successful mutation bumps: the
-// route and the routes it invalidates (unless the route purges by URI
-// only), the target URI and same-origin Location / Content-Location (RFC
-// 9111 §4.4), and whatever the upstream names in the purge header.
-func (h *Handler) mutationGens(r *http.Request, rt *Route, normPath string, hdr http.Header) []string {
+// target URI and same-origin Location / Content-Location on any non-error
+// answer (RFC 9111 §4.4); the route and the routes it invalidates (unless
+// the route purges by URI only) only on an answer with a purging status
+// (2xx by default), so that a redirect to a login page purges no route; and
+// whatever the upstream names in the purge header.
+func (h *Handler) mutationGens(r *http.Request, rt *Route, normPath string, code int, hdr http.Header) []string {
 	scheme, host := requestScheme(r), strings.ToLower(r.Host)
 	gens := []string{h.uriGenKey(scheme, host, normPath, sortedQuery(r.URL.RawQuery))}
-	if !rt.purgeURI {
+	if !rt.purgeURI && h.purgesRoutes(code) {
 		gens = append(gens, rt.routeGen)
 		gens = append(gens, rt.invalGens...)
 	}
@@ -129,43 +134,53 @@ type purgeResult struct {
 	Soft     bool    `json:"soft,omitempty"`
 	Removed  int64   `json:"removed"`
 	Stores   int     `json:"stores"`
+	Queued   bool    `json:"queued,omitempty"`
 	Duration float64 `json:"duration_ms"`
 }
 
 // purge carries out one admin purge on this handler's store and namespace.
-func (h *Handler) purge(ctx context.Context, p purgeRequest, kind string) (int64, error) {
+// A generation purge (route, tag, all) that the store does not take is
+// queued and retried, and reported as queued; a key or pattern purge is
+// remembered for the answers in flight (so none is stored after it), then
+// deleted, and fails as a whole when the store fails.
+func (h *Handler) purge(ctx context.Context, p purgeRequest, kind string) (removed int64, queued bool, err error) {
 	key := h.Namespace + ":" + strings.TrimPrefix(p.Key, h.Namespace+":")
 	switch {
 	case kind == "route" && h.routeByName[p.Route] == nil:
-		return 0, apiError(http.StatusBadRequest, "unknown route %q", p.Route)
+		return 0, false, apiError(http.StatusBadRequest, "unknown route %q", p.Route)
 	case kind == "key" && !h.isEntryKey(key):
-		return 0, apiError(http.StatusBadRequest, "key %q is not a cache entry key", p.Key)
+		return 0, false, apiError(http.StatusBadRequest, "key %q is not a cache entry key", p.Key)
+	case kind == "pattern" && strings.ContainsAny(p.Pattern, "\n\r\x00"):
+		return 0, false, apiError(http.StatusBadRequest, "pattern %q: control characters are not allowed", p.Pattern)
 	}
-	// First the purge epoch, so that an answer being fetched right now is
-	// not stored after the purge returns (see storeFetched).
-	if err := h.store.bump(ctx, false, h.genTTL, h.purgeEpochKey()); err != nil {
-		return 0, err
-	}
-	var removed int64
-	var err error
+	notEntry := func(k string) bool { return !h.isEntryKey(k) }
 	switch kind {
 	case "route":
-		err = h.store.bump(ctx, p.Soft, h.genTTL, h.routeGenKey(p.Route))
+		queued = h.purgeGens(ctx, kind, p.Soft, h.routeGenKey(p.Route))
 	case "tag":
-		err = h.store.bump(ctx, p.Soft, h.genTTL, h.tagGenKey(p.Tag))
-	case "key":
-		removed, err = h.store.del(ctx, key)
-	case "pattern":
-		removed, err = h.store.scanDelete(ctx, h.Namespace+":"+p.Pattern, func(k string) bool { return !h.isEntryKey(k) })
+		queued = h.purgeGens(ctx, kind, p.Soft, h.tagGenKey(p.Tag))
 	case "all":
-		if err = h.store.bump(ctx, p.Soft, h.genTTL, h.allGenKey()); err == nil && !p.Soft {
-			removed, err = h.store.scanDelete(ctx, h.Namespace+":*", func(k string) bool { return !h.isEntryKey(k) })
+		queued = h.purgeGens(ctx, kind, p.Soft, h.allGenKey())
+		if !queued && !p.Soft {
+			// The generation already invalidates everything; this frees
+			// the memory.
+			removed, err = h.store.scanDelete(ctx, h.Namespace+":*", notEntry)
+		}
+	case "key":
+		// The key's Vary variants share its prefix.
+		if err = h.store.rememberPurge(ctx, h.recentPurgesKey(), escapeGlob(key)+"*"); err == nil {
+			removed, err = h.store.del(ctx, key)
+		}
+	case "pattern":
+		glob := h.Namespace + ":" + p.Pattern
+		if err = h.store.rememberPurge(ctx, h.recentPurgesKey(), glob); err == nil {
+			removed, err = h.store.scanDelete(ctx, glob, notEntry)
 		}
 	}
-	if err == nil {
+	if err == nil && (kind == "key" || kind == "pattern") {
 		h.metrics.countPurge(kind)
 	}
-	return removed, err
+	return removed, queued, err
 }
 
 // adminAPI is the admin.api.redis_cache module: purges, stats and health
@@ -246,7 +261,8 @@ func (adminAPI) handlePurge(w http.ResponseWriter, r *http.Request) error {
 			}
 		}
 		known = true
-		n, err := h.purge(r.Context(), p, kind)
+		n, queued, err := h.purge(r.Context(), p, kind)
+		res.Queued = res.Queued || queued
 		if err != nil {
 			var apiErr caddy.APIError
 			if errors.As(err, &apiErr) {
@@ -261,6 +277,13 @@ func (adminAPI) handlePurge(w http.ResponseWriter, r *http.Request) error {
 		return apiError(http.StatusBadRequest, "unknown route %q", p.Route)
 	}
 	res.Duration = float64(time.Since(start).Microseconds()) / 1000
+	if res.Queued {
+		// Acknowledged: retried until the store takes it, and not served
+		// by this Caddy meanwhile.
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusAccepted)
+		return json.NewEncoder(w).Encode(res)
+	}
 	return writeJSON(w, res)
 }
 

@@ -200,9 +200,9 @@ func variantKey(primary, epoch string, names []string, r *http.Request) string {
 // collide with entry keys.
 func (h *Handler) allGenKey() string { return h.Namespace + ":_g:all" }
 
-// purgeEpochKey advances with every purge; stores compare it with its value
-// at lookup (see storeFetched). Entries never record it.
-func (h *Handler) purgeEpochKey() string          { return h.Namespace + ":_g:epoch" }
+// recentPurgesKey holds the recent pattern and key purges, which guarded
+// writes check (see storeGuard). Entries never record it.
+func (h *Handler) recentPurgesKey() string        { return h.Namespace + ":_g:purged" }
 func (h *Handler) routeGenKey(name string) string { return h.Namespace + ":_g:r:" + name }
 func (h *Handler) tagGenKey(tag string) string {
 	return h.Namespace + ":_g:t:" + escapeKeyPart(tag) + ":" + shortHash(tag)

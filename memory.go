@@ -9,25 +9,29 @@ import (
 )
 
 // memoryStore is the embedded store used when no Redis is configured: a
-// byte-bounded LRU with per-entry expiry, plus generations and locks with
-// the same semantics as the Redis store.
+// byte-bounded LRU with per-entry expiry, holding entries and generations
+// alike (so generations count towards the limit, expire without sweeps and
+// may be evicted, which reads as unknown, as in Redis), plus locks and the
+// recent pattern purges, with the same semantics as the Redis store.
 type memoryStore struct {
 	items *boundedLRU[[]byte]
 
-	mu    sync.Mutex // guards the generations and locks
-	gensM map[string]memGen
-	locks map[string]memLock
-	last  int64 // last hard generation handed out, to keep them unique
-}
-
-type memGen struct {
-	val     string
-	expires time.Time
+	mu      sync.Mutex // serializes guarded writes, bumps and locks
+	locks   map[string]memLock
+	last    int64 // last hard generation handed out, to keep them unique
+	purged  []memPurge
+	started time.Time
 }
 
 type memLock struct {
 	token   string
 	expires time.Time
+}
+
+// memPurge is a remembered pattern or key purge.
+type memPurge struct {
+	glob string
+	at   time.Time
 }
 
 // memOverhead approximates the per-entry bookkeeping cost, so that many
@@ -37,7 +41,6 @@ const memOverhead = 128
 func newMemoryStore(limit int64) *memoryStore {
 	return &memoryStore{
 		items: newBoundedLRU[[]byte](limit, limit),
-		gensM: make(map[string]memGen),
 		locks: make(map[string]memLock),
 	}
 }
@@ -46,34 +49,25 @@ func (m *memoryStore) kind() string { return "memory" }
 
 func (m *memoryStore) close() error { return nil }
 
-// get ignores tail: the value is already in process.
+// get ignores tail: the value is already in process. The entry is read
+// before its generations, so a purge in between is seen.
 func (m *memoryStore) get(_ context.Context, key string, gens []string, _ []byte) ([]byte, []string, bool, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	cur := m.genValuesLocked(gens, time.Now())
 	val, _ := m.items.get(key)
-	return val, cur, false, nil
+	return val, m.genValues(gens), false, nil
 }
 
-func (m *memoryStore) genValuesLocked(gens []string, now time.Time) []string {
+func (m *memoryStore) genValues(gens []string) []string {
 	cur := make([]string, len(gens))
 	for i, g := range gens {
-		cur[i] = zeroGen
-		if v, ok := m.gensM[g]; ok {
-			if now.After(v.expires) {
-				delete(m.gensM, g)
-				continue
-			}
-			cur[i] = v.val
+		if v, ok := m.items.get(g); ok {
+			cur[i] = string(v)
 		}
 	}
 	return cur
 }
 
 func (m *memoryStore) gens(_ context.Context, gens []string) ([]string, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.genValuesLocked(gens, time.Now()), nil
+	return m.genValues(gens), nil
 }
 
 func (m *memoryStore) set(_ context.Context, key string, value []byte, ttl time.Duration) error {
@@ -83,15 +77,46 @@ func (m *memoryStore) set(_ context.Context, key string, value []byte, ttl time.
 	return nil
 }
 
-func (m *memoryStore) setIf(ctx context.Context, key string, value []byte, ttl time.Duration, guard, guardVal string) (bool, error) {
-	// Under the lock, a purge's epoch bump comes either before the check,
-	// which then fails, or after the write, which its deletion then sees.
+// setIf checks and writes under the lock that bumps take, so a purge comes
+// either before the check, which then fails, or after the write.
+func (m *memoryStore) setIf(ctx context.Context, key string, value []byte, ttl time.Duration, g storeGuard) (storeOutcome, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.genValuesLocked([]string{guard}, time.Now())[0] != guardVal {
-		return false, nil
+	now := time.Now()
+	since := now.Add(-g.elapsed)
+	cur := m.genValues(genKeys(g.gens))
+	var births []genStamp
+	for i, st := range g.gens {
+		switch {
+		case cur[i] == genMissing && strings.HasPrefix(st.val, "b"):
+			births = append(births, st)
+		case cur[i] == genMissing:
+			return outcomeGenLost, nil
+		case cur[i] != st.val:
+			return outcomePurged, nil
+		case i >= g.late:
+			if h, err := strconv.ParseInt(hardPart(cur[i]), 10, 64); err == nil && h > since.UnixMicro() {
+				return outcomePurged, nil
+			}
+		}
 	}
-	return true, m.set(ctx, key, value, ttl)
+	for _, p := range m.purged {
+		if p.at.After(since) && globMatch(p.glob, key) {
+			return outcomePatternPurged, nil
+		}
+	}
+	for _, st := range births {
+		_ = m.set(ctx, st.key, []byte(st.val), g.genTTL)
+	}
+	return outcomeStored, m.set(ctx, key, value, ttl)
+}
+
+func genKeys(stamps []genStamp) []string {
+	keys := make([]string, len(stamps))
+	for i, st := range stamps {
+		keys[i] = st.key
+	}
+	return keys
 }
 
 func (m *memoryStore) del(_ context.Context, keys ...string) (int64, error) {
@@ -104,43 +129,42 @@ func (m *memoryStore) del(_ context.Context, keys ...string) (int64, error) {
 	return n, nil
 }
 
-func (m *memoryStore) bump(_ context.Context, soft bool, ttl time.Duration, gens ...string) error {
+func (m *memoryStore) bump(ctx context.Context, soft bool, ttl time.Duration, gens ...string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := time.Now()
-	cur := m.genValuesLocked(gens, now)
-	for i, g := range gens {
-		h, s := parseGen(cur[i])
-		if soft {
-			s++
-		} else {
-			h = max(now.UnixMicro(), h+1, m.last+1)
+	for i, cur := range m.genValues(gens) {
+		hard, s, ok := strings.Cut(cur, ":")
+		softN, _ := strconv.ParseInt(s, 10, 64)
+		if !soft || !ok {
+			old, _ := strconv.ParseInt(hard, 10, 64)
+			h := max(now.UnixMicro(), old+1, m.last+1)
 			m.last = h
+			hard = strconv.FormatInt(h, 10)
 		}
-		m.gensM[g] = memGen{val: strconv.FormatInt(h, 10) + ":" + strconv.FormatInt(s, 10), expires: now.Add(ttl)}
+		if soft {
+			softN++
+		}
+		_ = m.set(ctx, gens[i], []byte(hard+":"+strconv.FormatInt(softN, 10)), ttl)
 	}
-	m.sweepGensLocked(now)
 	return nil
 }
 
-// sweepGensLocked drops expired generations once the map has grown, so
-// purges of many distinct URIs cannot grow it without bound.
-func (m *memoryStore) sweepGensLocked(now time.Time) {
-	if len(m.gensM) < 4096 {
-		return
-	}
-	for k, v := range m.gensM {
-		if now.After(v.expires) {
-			delete(m.gensM, k)
+func (m *memoryStore) rememberPurge(_ context.Context, _ string, glob string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	keep := m.purged[:0]
+	for _, p := range m.purged {
+		if now.Sub(p.at) < purgeMemory {
+			keep = append(keep, p)
 		}
 	}
-}
-
-func parseGen(v string) (hard, soft int64) {
-	h, s, _ := strings.Cut(v, ":")
-	hard, _ = strconv.ParseInt(h, 10, 64)
-	soft, _ = strconv.ParseInt(s, 10, 64)
-	return hard, soft
+	m.purged = append(keep, memPurge{glob: glob, at: now})
+	if over := len(m.purged) - purgeMemoryLimit; over > 0 {
+		m.purged = append(m.purged[:0], m.purged[over:]...)
+	}
+	return nil
 }
 
 func (m *memoryStore) scanDelete(_ context.Context, match string, keep func(string) bool) (int64, error) {
@@ -156,6 +180,13 @@ func (m *memoryStore) lock(_ context.Context, key, token string, ttl time.Durati
 	if l, ok := m.locks[key]; ok && now.Before(l.expires) {
 		return false, nil
 	}
+	if len(m.locks) >= 4096 {
+		for k, l := range m.locks {
+			if now.After(l.expires) {
+				delete(m.locks, k)
+			}
+		}
+	}
 	m.locks[key] = memLock{token: token, expires: now.Add(ttl)}
 	return true, nil
 }
@@ -165,6 +196,15 @@ func (m *memoryStore) unlock(_ context.Context, key, token string) error {
 	defer m.mu.Unlock()
 	if l, ok := m.locks[key]; ok && l.token == token {
 		delete(m.locks, key)
+	}
+	return nil
+}
+
+func (m *memoryStore) extendLock(_ context.Context, key, token string, ttl time.Duration) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if l, ok := m.locks[key]; ok && l.token == token {
+		m.locks[key] = memLock{token: token, expires: time.Now().Add(ttl)}
 	}
 	return nil
 }

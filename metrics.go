@@ -24,6 +24,9 @@ type handlerMetrics struct {
 	corrupt       prometheus.Counter
 	breakerOpen   *prometheus.GaugeVec
 	copyChecks    *prometheus.CounterVec
+	unstored      *prometheus.CounterVec
+	purgesPending *prometheus.GaugeVec
+	purgesQueued  prometheus.Counter
 }
 
 var (
@@ -72,11 +75,23 @@ func newHandlerMetrics() *handlerMetrics {
 			Namespace: ns, Subsystem: sub, Name: "validated_copy_checks_total",
 			Help: "Lookups of an entry this Caddy held a validated copy of, by outcome: unchanged (served from the copy), replaced (read again in full) or gone (no longer in the store).",
 		}, []string{"outcome"}),
+		unstored: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "unstored_total",
+			Help: "Answers served as stored whose write the store refused or failed after the response had gone out, by route and reason (purged, generation-lost, pattern-purged, staged-lost, too-late, error).",
+		}, []string{"route", "reason"}),
+		purgesPending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Subsystem: sub, Name: "purges_pending",
+			Help: "Generation purges this Caddy acknowledged but the store has not taken yet; they are retried until it does, and the entries they cover are not served meanwhile. By store kind.",
+		}, []string{"store"}),
+		purgesQueued: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "purges_queued_total",
+			Help: "Generation purges that the store did not take at once and that were queued for retry.",
+		}),
 	}
 }
 
 func (m *handlerMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.requests, m.storeErrors, m.storeDuration, m.purges, m.upstream, m.storedBytes, m.corrupt, m.breakerOpen, m.copyChecks}
+	return []prometheus.Collector{m.requests, m.storeErrors, m.storeDuration, m.purges, m.upstream, m.storedBytes, m.corrupt, m.breakerOpen, m.copyChecks, m.unstored, m.purgesPending, m.purgesQueued}
 }
 
 // provisionMetrics registers the process-wide collectors in this config's
@@ -126,7 +141,11 @@ func (m *handlerMetrics) observeStore(op string, d time.Duration, err error) {
 }
 
 func (m *handlerMetrics) countPurge(kind string) { m.purges.WithLabelValues(kind).Inc() }
-func (m *handlerMetrics) countCorrupt()          { m.corrupt.Inc() }
+
+func (m *handlerMetrics) countUnstored(route, reason string) {
+	m.unstored.WithLabelValues(route, reason).Inc()
+}
+func (m *handlerMetrics) countCorrupt() { m.corrupt.Inc() }
 
 // Outcomes of the validated-copy check.
 const (

@@ -33,6 +33,7 @@ const (
 	defaultMaxEntrySize    = 4 << 20
 	defaultMaxTTL          = 24 * time.Hour
 	defaultCoalesceWait    = 10 * time.Second
+	defaultFetchTimeout    = time.Minute
 	defaultPurgeHeader     = "X-Cache-Purge"
 	defaultTagsHeader      = "X-Cache-Tags"
 	maxKeyPartLength       = 96
@@ -66,10 +67,17 @@ type Handler struct {
 	// applications can share one Redis. Default: "rcache".
 	Namespace string `json:"namespace,omitempty"`
 
-	// PurgeOn lists the request methods that invalidate a route when they
-	// get a 2xx or 3xx answer. Default: every method except GET, HEAD,
-	// OPTIONS and TRACE, including unknown ones.
+	// PurgeOn lists the request methods that invalidate when their answer
+	// is not an error. Default: every method except GET, HEAD, OPTIONS and
+	// TRACE, including unknown ones.
 	PurgeOn []string `json:"purge_on,omitempty"`
+
+	// PurgeStatus lists the statuses of a mutation's answer that purge the
+	// route and the routes it invalidates. Any other non-error status (a
+	// redirect to a login page, say) purges only the target URI and
+	// same-origin Location, as RFC 9111 §4.4 requires. Default: every 2xx
+	// status.
+	PurgeStatus []int `json:"purge_status,omitempty"`
 
 	// Timeout bounds every store operation (dial, read, write). When it
 	// passes, the request goes to the upstream with X-Cache: SKIP.
@@ -129,10 +137,18 @@ type Handler struct {
 	// client. Default: X-Cache-Tags.
 	TagsHeader string `json:"tags_header,omitempty"`
 
-	// CoalesceWait is how long concurrent misses for the same key wait for
-	// the one request that went to the upstream, before they go themselves.
+	// CoalesceWait is the lifetime of the lock through which, with
+	// Coalesce, one Caddy fetches a cold key for all: its holder renews it
+	// while its upstream answers, so it only runs out when the holder dies.
 	// Default: 10s.
 	CoalesceWait caddy.Duration `json:"coalesce_wait,omitempty"`
+
+	// FetchTimeout bounds how long requests wait for an upstream request
+	// that another request made for the same key (here or, with Coalesce,
+	// on another Caddy), and how long such a shared upstream request goes
+	// on after the client that started it went away while others wait for
+	// it. Default: 1m.
+	FetchTimeout caddy.Duration `json:"fetch_timeout,omitempty"`
 
 	// Coalesce extends request coalescing across every Caddy sharing the
 	// store: on a miss, one instance takes a short lock in the store (SET NX
@@ -156,6 +172,7 @@ type Handler struct {
 	storeKey       string
 	logger         *zap.Logger
 	purgeMethods   map[string]bool
+	purgeStatus    map[int]bool // nil: every 2xx
 	cacheable      map[int]bool
 	routeByName    map[string]*Route
 	flights        *flightGroup
@@ -266,6 +283,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.purgeMethods = methodSet(h.PurgeOn)
+	if len(h.PurgeStatus) > 0 {
+		h.purgeStatus = make(map[int]bool, len(h.PurgeStatus))
+		for _, code := range h.PurgeStatus {
+			h.purgeStatus[code] = true
+		}
+	}
 	h.cacheable = make(map[int]bool, len(h.CacheableStatus))
 	for _, code := range h.CacheableStatus {
 		h.cacheable[code] = true
@@ -285,6 +308,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.store, h.storeKey = store, key
+	h.store.serveNamespace(h.Namespace, h.genTTL)
 	registerHandler(h)
 	return nil
 }
@@ -316,6 +340,9 @@ func (h *Handler) setDefaults() {
 	}
 	if h.CoalesceWait == 0 {
 		h.CoalesceWait = caddy.Duration(defaultCoalesceWait)
+	}
+	if h.FetchTimeout == 0 {
+		h.FetchTimeout = caddy.Duration(defaultFetchTimeout)
 	}
 	if len(h.CacheableStatus) == 0 {
 		h.CacheableStatus = defaultCacheableStatus
@@ -360,7 +387,7 @@ func (h *Handler) Validate() error {
 	if !namespacePattern.MatchString(h.Namespace) {
 		return fmt.Errorf("namespace %q: use letters, digits, '-', '_' or '.', starting with a letter or digit", h.Namespace)
 	}
-	if h.Timeout < 0 || h.BreakerCooldown < 0 || h.MaxTTL < 0 || h.CoalesceWait < 0 {
+	if h.Timeout < 0 || h.BreakerCooldown < 0 || h.MaxTTL < 0 || h.CoalesceWait < 0 || h.FetchTimeout < 0 {
 		return fmt.Errorf("durations must not be negative")
 	}
 	if h.BreakerFailures < 0 || h.MemoryLimit < 0 || h.MaxEntrySize < 0 || h.LocalCache < 0 {
@@ -377,6 +404,11 @@ func (h *Handler) Validate() error {
 	for _, code := range h.CacheableStatus {
 		if code < 100 || code > 599 {
 			return fmt.Errorf("status %d: not an HTTP status code", code)
+		}
+	}
+	for _, code := range h.PurgeStatus {
+		if code < 200 || code > 399 {
+			return fmt.Errorf("purge_status %d: must be a 2xx or 3xx status (errors never purge)", code)
 		}
 	}
 	for _, m := range h.PurgeOn {
@@ -515,6 +547,15 @@ func methodSet(methods []string) map[string]bool {
 		set[m] = true
 	}
 	return set
+}
+
+// purgesRoutes reports whether a mutation answered with code purges its
+// route and the routes it invalidates.
+func (h *Handler) purgesRoutes(code int) bool {
+	if h.purgeStatus == nil {
+		return code >= 200 && code < 300
+	}
+	return h.purgeStatus[code]
 }
 
 func (h *Handler) isPurgeMethod(method string) bool {

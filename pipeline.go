@@ -52,22 +52,34 @@ func newAutoPipeline(client redis.Cmdable, timeout time.Duration) *autoPipeline 
 
 func (ap *autoPipeline) close() { close(ap.quit) }
 
-// do queues one command and waits for its pipeline, or for ctx.
+// do queues one command and waits for its pipeline. The store timeout
+// applies to the pipeline's round trip (see exec), not to the wait for a
+// worker: a burst of requests on a cold or busy Caddy queues here without
+// Redis being slow, and must not turn into failed lookups and requests
+// that skip the cache. A wait past queueBound is a failure all the same.
 func (ap *autoPipeline) do(ctx context.Context, queue func(context.Context, redis.Pipeliner) redis.Cmder) (redis.Cmder, error) {
 	op := &pipeOp{queue: queue, done: make(chan struct{})}
+	bound := time.NewTimer(ap.queueBound())
+	defer bound.Stop()
 	select {
 	case ap.queue <- op:
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	case <-bound.C:
+		return nil, context.DeadlineExceeded
 	case <-ap.quit:
 		return nil, errStoreClosed
 	}
 	select {
 	case <-op.done:
 		return op.cmd, op.cmd.Err()
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	case <-bound.C:
+		return nil, context.DeadlineExceeded
 	}
+}
+
+// queueBound is the longest a command waits for its pipeline, round trip
+// included.
+func (ap *autoPipeline) queueBound() time.Duration {
+	return max(5*ap.timeout, 500*time.Millisecond)
 }
 
 func (ap *autoPipeline) work() {

@@ -23,6 +23,12 @@ type redisStore struct {
 	client redis.UniversalClient
 	name   string
 	auto   *autoPipeline // nil on a Cluster
+
+	// runID is the run_id of the Redis server last connected to; see
+	// checkRestart.
+	runMu      sync.Mutex
+	runID      string
+	namespaces *sync.Map // namespace -> generation TTL, of the handlers using this store
 }
 
 // scanBatch bounds how many keys one SCAN step returns and one UNLINK
@@ -34,6 +40,10 @@ func newRedisStore(opts storeOptions) (*redisStore, error) {
 	if err != nil {
 		return nil, err
 	}
+	rs := &redisStore{namespaces: new(sync.Map)}
+	if !uo.IsClusterMode {
+		uo.OnConnect = rs.checkRestart
+	}
 	client := redis.NewUniversalClient(uo)
 	name := "redis"
 	switch client.(type) {
@@ -43,11 +53,69 @@ func newRedisStore(opts storeOptions) (*redisStore, error) {
 	if opts.sentinelMaster != "" {
 		name = "redis-sentinel"
 	}
-	rs := &redisStore{client: client, name: name}
+	rs.client, rs.name = client, name
 	if _, cluster := client.(*redis.ClusterClient); !cluster {
 		rs.auto = newAutoPipeline(client, opts.timeout)
 	}
+	go rs.warm()
 	return rs, nil
+}
+
+// warm opens the pool's first connections as soon as the store exists, so
+// that the first burst of requests after a start or reload does not wait
+// for dials and time out on its lookups.
+func (rs *redisStore) warm() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for range warmConnections {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = rs.client.Ping(ctx).Err()
+		}()
+	}
+	wg.Wait()
+}
+
+// warmConnections is how many connections are opened up front and kept idle.
+const warmConnections = pipelineWorkers + 2
+
+// checkRestart runs on every new connection. When the server's run_id
+// differs from the one last seen, Redis restarted (perhaps from an older
+// snapshot) or failed over (perhaps to a lagging replica): generations may
+// have gone back to values that purged entries recorded, so every
+// namespace's generation is bumped, on this connection, before it serves
+// anything. Other new connections wait for that.
+func (rs *redisStore) checkRestart(ctx context.Context, cn *redis.Conn) error {
+	raw, err := cn.Info(ctx, "server").Result()
+	if err != nil {
+		return nil // the command that needs the connection will tell
+	}
+	id := parseInfo(raw)["run_id"]
+	rs.runMu.Lock()
+	defer rs.runMu.Unlock()
+	if id == "" || id == rs.runID {
+		return nil
+	}
+	first := rs.runID == ""
+	rs.runID = id
+	if first {
+		return nil
+	}
+	var bumpErr error
+	rs.namespaces.Range(func(ns, ttl any) bool {
+		err := bumpScript.Run(ctx, cn, []string{ns.(string) + ":_g:all"}, "hard", ttl.(time.Duration).Milliseconds()).Err()
+		if err != nil {
+			bumpErr = err
+		}
+		return true
+	})
+	if bumpErr != nil {
+		rs.runID = "" // try again on the next connection
+		return bumpErr
+	}
+	return nil
 }
 
 // universalOptions turns the configured URLs into client options. Every URL
@@ -63,6 +131,7 @@ func universalOptions(opts storeOptions) (*redis.UniversalOptions, error) {
 		// Enough connections that a burst of concurrent lookups does not
 		// queue for one and time out while Redis itself is fine.
 		PoolSize:              max(64, 16*runtime.GOMAXPROCS(0)),
+		MinIdleConns:          warmConnections,
 		MaxRetries:            -1,
 		DialerRetries:         1,
 		ContextTimeoutEnabled: true,
@@ -261,12 +330,12 @@ func (s *redisStore) mget(ctx context.Context, key string, gens []string) ([]byt
 	return unsafe.Slice(unsafe.StringData(v), len(v)), cur, nil
 }
 
-// mgetGenValues reads generation values from an MGET reply: zeroGen for a
-// key that is absent (or holds another type).
+// mgetGenValues reads generation values from an MGET reply: genMissing
+// for a key that is absent (or holds another type).
 func mgetGenValues(vals []any) []string {
 	cur := make([]string, len(vals))
 	for i, v := range vals {
-		cur[i] = zeroGen
+		cur[i] = genMissing
 		if v, ok := v.(string); ok {
 			cur[i] = v
 		}
@@ -279,8 +348,8 @@ func genValues(cmds []*redis.StringCmd) ([]string, error) {
 	for i, c := range cmds {
 		v, err := c.Result()
 		switch {
-		case errors.Is(err, redis.Nil):
-			cur[i] = zeroGen
+		case errors.Is(err, redis.Nil), redis.HasErrorPrefix(err, "WRONGTYPE"):
+			cur[i] = genMissing
 		case err != nil:
 			return nil, err
 		default:
@@ -299,7 +368,7 @@ func (s *redisStore) gens(ctx context.Context, gens []string) ([]string, error) 
 	for i, g := range gens {
 		cmds[i] = pipe.Get(ctx, g)
 	}
-	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "WRONGTYPE") {
 		return nil, err
 	}
 	return genValues(cmds)
@@ -315,74 +384,165 @@ func (s *redisStore) set(ctx context.Context, key string, value []byte, ttl time
 	return err
 }
 
-// setIfScript writes an entry only while the purge epoch is unchanged, so
-// that no purge can slip between the check and the write.
-var setIfScript = redis.NewScript(`
-local cur = redis.call('GET', KEYS[2]) or '0:0'
-if cur ~= ARGV[3] then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+// storeScript writes an entry only while every generation it records still
+// has the recorded value (creating those recorded as births), and no
+// pattern or key purge since the lookup covers it; see storeGuard.
+//
+// KEYS: entry, recent purges, staged value (or the entry again), gens...
+// ARGV: ttl ms, gen ttl ms, elapsed µs, first late gen, staged, value,
+// recorded values...
+var storeScript = redis.NewScript(`
+local t = redis.call('TIME')
+local since = tonumber(t[1]) * 1000000 + tonumber(t[2]) - tonumber(ARGV[3])
+local staged = ARGV[5] == '1'
+local function refuse(code)
+  if staged then redis.call('DEL', KEYS[3]) end
+  return code
+end
+local late = tonumber(ARGV[4])
+local create = {}
+for i = 4, #KEYS do
+  local rec = ARGV[3 + i]
+  local cur = redis.pcall('GET', KEYS[i])
+  if type(cur) == 'table' then
+    redis.call('DEL', KEYS[i])
+    cur = false
+  end
+  if not cur then
+    if string.sub(rec, 1, 1) ~= 'b' then return refuse(2) end
+    create[#create + 1] = i
+  elseif cur ~= rec then
+    return refuse(1)
+  elseif i - 3 >= late then
+    local h = tonumber(string.match(cur, '^(%d+):'))
+    if h and h > since then return refuse(1) end
+  end
+end
+local recent = redis.pcall('ZRANGEBYSCORE', KEYS[2], since, '+inf')
+if type(recent) == 'table' and recent.err == nil then
+  for _, m in ipairs(recent) do
+    if string.find(KEYS[1], string.match(m, '^[^\n]*')) then return refuse(3) end
+  end
+end
+for _, i in ipairs(create) do
+  redis.call('SET', KEYS[i], ARGV[3 + i], 'PX', ARGV[2])
+end
+for i = 4, #KEYS do
+  if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) / 2 then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+  end
+end
+if staged then
+  if redis.call('EXISTS', KEYS[3]) == 0 then return 4 end
+  redis.call('RENAME', KEYS[3], KEYS[1])
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+else
+  redis.call('SET', KEYS[1], ARGV[6], 'PX', ARGV[1])
+end
+return 0
 `)
 
-func (s *redisStore) setIf(ctx context.Context, key string, value []byte, ttl time.Duration, guard, guardVal string) (bool, error) {
+func (s *redisStore) setIf(ctx context.Context, key string, value []byte, ttl time.Duration, g storeGuard) (storeOutcome, error) {
 	if s.auto == nil {
-		// On a Cluster the guard and the entry live in different slots.
-		cur, err := s.gens(ctx, []string{guard})
-		if err != nil || cur[0] != guardVal {
-			return false, err
-		}
-		return true, s.set(ctx, key, value, ttl)
+		return s.clusterSetIf(ctx, key, value, ttl, g)
 	}
 	ttlMS := max(ttl.Milliseconds(), 1)
+	keys := make([]string, 0, 3+len(g.gens))
+	args := make([]any, 0, 6+len(g.gens))
+	staged := ""
+	var stage func(context.Context, redis.Pipeliner)
+	var setCmd *redis.StatusCmd
 	if len(value) >= stagedSetMinSize {
-		return s.stagedSetIf(ctx, key, value, ttlMS, guard, guardVal)
+		// A Lua script copies its arguments, twice for a value it stores,
+		// which for a 64 KiB entry costs Redis more than the SET itself: the
+		// value is staged under a key of its own and moved into place.
+		staged = key + ":_staged:" + randomToken()
+		stage = func(ctx context.Context, p redis.Pipeliner) {
+			setCmd = p.Set(ctx, staged, value, stagedTTL)
+		}
+		keys = append(keys, key, g.patterns, staged)
+		args = append(args, ttlMS, g.genTTL.Milliseconds(), g.elapsed.Microseconds(), g.late+1, "1", "")
+	} else {
+		keys = append(keys, key, g.patterns, key)
+		args = append(args, ttlMS, g.genTTL.Milliseconds(), g.elapsed.Microseconds(), g.late+1, "0", value)
 	}
-	return s.runGuarded(ctx, setIfScript, nil, []string{key, guard}, value, ttlMS, guardVal)
+	for _, st := range g.gens {
+		keys = append(keys, st.key)
+		args = append(args, st.val)
+	}
+	code, err := s.runScript(ctx, storeScript, stage, keys, args...)
+	if err == nil && setCmd != nil && setCmd.Err() != nil {
+		// Refused (a full Redis, say): the script found nothing to move.
+		return outcomeStagedLost, setCmd.Err()
+	}
+	return storeOutcome(code), err
+}
+
+// clusterSetIf is setIf on a Cluster, where the entry, its generations and
+// the recent purges live in different slots, so no script can see them
+// all: the checks and the write are separate steps, and a purge landing
+// between them is missed for this one write.
+func (s *redisStore) clusterSetIf(ctx context.Context, key string, value []byte, ttl time.Duration, g storeGuard) (storeOutcome, error) {
+	pipe := s.client.Pipeline()
+	genCmds := make([]*redis.StringCmd, len(g.gens))
+	for i, st := range g.gens {
+		genCmds[i] = pipe.Get(ctx, st.key)
+	}
+	timeCmd := pipe.Time(ctx)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) && !redis.HasErrorPrefix(err, "WRONGTYPE") {
+		return outcomeStored, err
+	}
+	now := timeCmd.Val()
+	since := now.UnixMicro() - g.elapsed.Microseconds()
+	var births []genStamp
+	for i, st := range g.gens {
+		cur, err := genCmds[i].Result()
+		switch {
+		case errors.Is(err, redis.Nil) || redis.HasErrorPrefix(err, "WRONGTYPE"):
+			if !strings.HasPrefix(st.val, "b") {
+				return outcomeGenLost, nil
+			}
+			births = append(births, st)
+		case err != nil:
+			return outcomeStored, err
+		case cur != st.val:
+			return outcomePurged, nil
+		case i >= g.late:
+			if h, err := strconv.ParseInt(hardPart(cur), 10, 64); err == nil && h > since {
+				return outcomePurged, nil
+			}
+		}
+	}
+	if recent, err := s.client.ZRangeByScoreWithScores(ctx, g.patterns, &redis.ZRangeBy{Min: strconv.FormatInt(since, 10), Max: "+inf"}).Result(); err == nil {
+		for _, z := range recent {
+			if m, ok := z.Member.(string); ok && globMatch(purgedGlob(m), key) {
+				return outcomePatternPurged, nil
+			}
+		}
+	}
+	for _, st := range births {
+		ok, err := s.client.SetNX(ctx, st.key, st.val, g.genTTL).Result()
+		if err != nil {
+			return outcomeStored, err
+		}
+		if !ok {
+			return outcomePurged, nil
+		}
+	}
+	return outcomeStored, s.set(ctx, key, value, ttl)
 }
 
 // stagedSetMinSize is the value size from which setIf stages the value
-// with a plain SET: a Lua script copies its arguments, twice for a value it
-// stores, which for a 64 KiB entry costs Redis more than the SET itself.
+// with a plain SET instead of passing it through the script.
 const stagedSetMinSize = 8 << 10
-
-// stagedSetScript moves a staged value to its key, with the entry's TTL,
-// only while the guard is unchanged; otherwise it drops the staged value.
-var stagedSetScript = redis.NewScript(`
-local cur = redis.call('GET', KEYS[3]) or '0:0'
-if cur ~= ARGV[1] or redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[1])
-  return 0
-end
-redis.call('RENAME', KEYS[1], KEYS[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
-return 1
-`)
-
-// stagedSetIf is setIf in one round trip of two commands: a SET of the
-// value under a key of its own (a concurrent writer must never move this
-// writer's value under its own guard check), then the script. The staged
-// key expires by itself should the script never run.
-func (s *redisStore) stagedSetIf(ctx context.Context, key string, value []byte, ttlMS int64, guard, guardVal string) (bool, error) {
-	staged := key + ":_staged:" + randomToken()
-	var setCmd *redis.StatusCmd
-	stage := func(ctx context.Context, p redis.Pipeliner) {
-		setCmd = p.Set(ctx, staged, value, stagedTTL)
-	}
-	stored, err := s.runGuarded(ctx, stagedSetScript, stage, []string{staged, key, guard}, guardVal, ttlMS)
-	if err == nil && setCmd != nil && setCmd.Err() != nil {
-		// Refused (a full Redis, say): the script found nothing to move.
-		return false, setCmd.Err()
-	}
-	return stored, err
-}
 
 // stagedTTL bounds how long a staged value outlives a lost script call.
 const stagedTTL = 30 * time.Second
 
-// runGuarded runs a guard script through the auto-pipeline, after the
-// commands that before queues (only the first time: a script Redis does not
-// know yet is sent again in full, without them).
-func (s *redisStore) runGuarded(ctx context.Context, script *redis.Script, before func(context.Context, redis.Pipeliner), keys []string, args ...any) (bool, error) {
+// runScript runs a script through the auto-pipeline, after the commands
+// that before queues (only the first time: a script Redis does not know yet
+// is sent again in full, without them), and returns its integer reply.
+func (s *redisStore) runScript(ctx context.Context, script *redis.Script, before func(context.Context, redis.Pipeliner), keys []string, args ...any) (int64, error) {
 	cmd, err := s.auto.do(ctx, func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
 		if before != nil {
 			before(ctx, p)
@@ -391,14 +551,16 @@ func (s *redisStore) runGuarded(ctx context.Context, script *redis.Script, befor
 	})
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
 		cmd, err = s.auto.do(ctx, func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
+			if before != nil {
+				before(ctx, p)
+			}
 			return script.Eval(ctx, p, keys, args...)
 		})
 	}
 	if err != nil {
-		return false, err
+		return 0, err
 	}
-	n, err := cmd.(*redis.Cmd).Int()
-	return n == 1, err
+	return cmd.(*redis.Cmd).Int64()
 }
 
 // del removes keys one command each, so keys in different Cluster slots
@@ -424,25 +586,32 @@ func (s *redisStore) del(ctx context.Context, keys ...string) (int64, error) {
 
 // bumpScript advances a "hard:soft" generation. A hard bump moves to the
 // server's clock in microseconds (or one past the old value), so a key that
-// expired and is re-created never repeats a value an old entry recorded.
+// expired and is re-created never repeats a value an old entry recorded; a
+// soft bump keeps the hard part. A value that is not a generation (another
+// tool's, or another type) is overwritten, not an error.
 var bumpScript = redis.NewScript(`
-local v = redis.call('GET', KEYS[1])
-local h, s = 0, 0
+local v = redis.pcall('GET', KEYS[1])
+if type(v) == 'table' then
+  redis.call('DEL', KEYS[1])
+  v = false
+end
+local h, s = nil, 0
 if v then
   local i = string.find(v, ':', 1, true)
   if i then
-    h = tonumber(string.sub(v, 1, i - 1)) or 0
+    h = string.sub(v, 1, i - 1)
     s = tonumber(string.sub(v, i + 1)) or 0
   end
 end
-if ARGV[1] == 'hard' then
+if ARGV[1] == 'hard' or h == nil then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  if now > h then h = now else h = h + 1 end
-else
-  s = s + 1
+  local old = tonumber(h or '') or 0
+  if now > old then h = now else h = old + 1 end
+  h = string.format('%d', h)
 end
-local nv = string.format('%d:%d', h, s)
+if ARGV[1] ~= 'hard' then s = s + 1 end
+local nv = h .. ':' .. string.format('%d', s)
 redis.call('SET', KEYS[1], nv, 'PX', ARGV[2])
 return nv
 `)
@@ -458,6 +627,24 @@ func (s *redisStore) bump(ctx context.Context, soft bool, ttl time.Duration, gen
 	}
 	_, err := pipe.Exec(ctx)
 	return err
+}
+
+// rememberScript records a pattern or key purge for the answers in flight
+// (see storeScript), forgetting those older than the window, and keeping at
+// most a bounded number.
+var rememberScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+if redis.call('TYPE', KEYS[1]).ok ~= 'zset' then redis.call('DEL', KEYS[1]) end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]) * 1000)
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[3]) - 1)
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`)
+
+func (s *redisStore) rememberPurge(ctx context.Context, key, glob string) error {
+	return rememberScript.Run(ctx, s.client, []string{key}, purgeRecord(glob), purgeMemory.Milliseconds(), purgeMemoryLimit).Err()
 }
 
 func (s *redisStore) scanDelete(ctx context.Context, match string, keep func(string) bool) (int64, error) {
@@ -524,6 +711,17 @@ func (s *redisStore) unlock(ctx context.Context, key, token string) error {
 	return unlockScript.Run(ctx, s.client, []string{key}, token).Err()
 }
 
+var extendLockScript = redis.NewScript(`
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+`)
+
+func (s *redisStore) extendLock(ctx context.Context, key, token string, ttl time.Duration) error {
+	return extendLockScript.Run(ctx, s.client, []string{key}, token, ttl.Milliseconds()).Err()
+}
+
 // info reports memory figures from INFO memory, summed over Cluster masters.
 func (s *redisStore) info(ctx context.Context) map[string]any {
 	out := map[string]any{"kind": s.name}
@@ -587,4 +785,10 @@ func (s *redisStore) publish(ctx context.Context, msg string) error {
 // while a request was still using it: not a sign of Redis's health.
 func isClosedError(err error) bool {
 	return errors.Is(err, errStoreClosed) || errors.Is(err, redis.ErrClosed)
+}
+
+// isPoolWait reports a request that found every pooled connection busy: a
+// burst on this Caddy, not a sign that Redis is down.
+func isPoolWait(err error) bool {
+	return errors.Is(err, redis.ErrPoolTimeout)
 }

@@ -18,8 +18,9 @@ import (
 )
 
 // store is what the handler needs from a backend. Generations are counters
-// ("hard:soft") that entries record when they are stored; bumping one
-// invalidates every entry that recorded an older value, in one write.
+// ("hard:soft", see generations.go) that entries record when they are
+// stored; bumping one invalidates every entry that recorded an older value,
+// in one write. An absent generation reads as genMissing.
 type store interface {
 	// get returns the value at key (nil when absent) and the current value
 	// of each generation key, in one round trip. When tail is set (the
@@ -30,26 +31,28 @@ type store interface {
 	// gens returns the current value of each generation key.
 	gens(ctx context.Context, gens []string) ([]string, error)
 	set(ctx context.Context, key string, value []byte, ttl time.Duration) error
-	// setIf sets key only while the generation guard still has the value
-	// guardVal, and reports whether it did.
-	setIf(ctx context.Context, key string, value []byte, ttl time.Duration, guard, guardVal string) (bool, error)
+	// setIf sets key only while the guard holds, creating the generations
+	// it records as births, and reports what became of the write.
+	setIf(ctx context.Context, key string, value []byte, ttl time.Duration, guard storeGuard) (storeOutcome, error)
 	del(ctx context.Context, keys ...string) (int64, error)
 	// bump advances generation keys: a hard bump invalidates, a soft bump
 	// only marks stale. Each key lives for ttl after its last bump.
 	bump(ctx context.Context, soft bool, ttl time.Duration, gens ...string) error
+	// rememberPurge records a pattern (or exact key) purge under key, so
+	// that guarded writes of answers in flight when it happened see it.
+	rememberPurge(ctx context.Context, key, glob string) error
 	// scanDelete removes the keys matching a glob for which keep is false,
 	// in bounded batches, and reports how many it removed.
 	scanDelete(ctx context.Context, match string, keep func(string) bool) (int64, error)
 	// lock takes a short exclusive lock; unlock releases it if still ours.
 	lock(ctx context.Context, key, token string, ttl time.Duration) (bool, error)
 	unlock(ctx context.Context, key, token string) error
+	// extendLock prolongs a lock that is still ours.
+	extendLock(ctx context.Context, key, token string, ttl time.Duration) error
 	info(ctx context.Context) map[string]any
 	kind() string
 	close() error
 }
-
-// zeroGen is the value of a generation key that was never bumped.
-const zeroGen = "0:0"
 
 var errBreakerOpen = errors.New("store circuit breaker is open")
 
@@ -79,6 +82,12 @@ type guardedStore struct {
 	copies     *boundedLRU[heldCopy] // validated copies; nil unless Redis is used
 	publisher  func(ctx context.Context, msg string) error
 	stopListen context.CancelFunc
+
+	logger        *zap.Logger
+	pending       *pendingPurges
+	pendingLogged atomic.Bool
+	stopRetry     context.CancelFunc
+	namespaces    *sync.Map // namespace -> generation TTL; shared with a Redis backend
 }
 
 func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetrics) (*guardedStore, error) {
@@ -97,7 +106,17 @@ func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetr
 		backend: backend,
 		timeout: opts.timeout,
 		metrics: metrics,
+		logger:  logger,
+		pending: newPendingPurges(maxPendingPurges),
 	}
+	if rs != nil {
+		g.namespaces = rs.namespaces
+	} else {
+		g.namespaces = new(sync.Map)
+	}
+	retryCtx, stopRetry := context.WithCancel(context.Background())
+	g.stopRetry = stopRetry
+	go g.retryPending(retryCtx)
 	if rs != nil && opts.copiesLimit > 0 {
 		g.copies = newEntryLRU[heldCopy](opts.copiesLimit)
 	}
@@ -106,7 +125,10 @@ func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetr
 		g.publisher = rs.publish
 		ctx, cancel := context.WithCancel(context.Background())
 		g.stopListen = cancel
-		go g.local.listen(ctx, rs.client)
+		go func() {
+			defer recoverAndLog(logger, "purge notices")
+			g.local.listen(ctx, rs.client)
+		}()
 	}
 	g.breaker = newBreaker(opts.breakerFailures, opts.breakerCooldown, func(open bool, err error) {
 		metrics.setBreaker(backend.kind(), open)
@@ -121,8 +143,15 @@ func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetr
 	return g, nil
 }
 
+// serveNamespace records a namespace that uses the store, so that a Redis
+// restart found on reconnect invalidates it (see checkRestart).
+func (g *guardedStore) serveNamespace(ns string, genTTL time.Duration) {
+	g.namespaces.Store(ns, genTTL)
+}
+
 // Destruct closes the backend when no config uses it any more.
 func (g *guardedStore) Destruct() error {
+	g.stopRetry()
 	if g.stopListen != nil {
 		g.stopListen()
 	}
@@ -175,12 +204,24 @@ func (g *guardedStore) set(ctx context.Context, key string, value []byte, ttl ti
 	})
 }
 
-func (g *guardedStore) setIf(ctx context.Context, key string, value []byte, ttl time.Duration, guard, guardVal string) (ok bool, err error) {
+func (g *guardedStore) setIf(ctx context.Context, key string, value []byte, ttl time.Duration, guard storeGuard) (out storeOutcome, err error) {
 	err = g.call(ctx, "set", func(ctx context.Context) error {
-		ok, err = g.backend.setIf(ctx, key, value, ttl, guard, guardVal)
+		out, err = g.backend.setIf(ctx, key, value, ttl, guard)
 		return err
 	})
-	return ok, err
+	return out, err
+}
+
+func (g *guardedStore) rememberPurge(ctx context.Context, key, glob string) error {
+	return g.call(ctx, "remember", func(ctx context.Context) error {
+		return g.backend.rememberPurge(ctx, key, glob)
+	})
+}
+
+func (g *guardedStore) extendLock(ctx context.Context, key, token string, ttl time.Duration) error {
+	return g.call(ctx, "lock", func(ctx context.Context) error {
+		return g.backend.extendLock(ctx, key, token, ttl)
+	})
 }
 
 func (g *guardedStore) del(ctx context.Context, keys ...string) (n int64, err error) {
@@ -269,7 +310,7 @@ func (b *breaker) allow() bool {
 func (b *breaker) record(err error) {
 	// A reply error (OOM under noeviction, a script error) means the store
 	// is up and answering; only failures to reach it count.
-	if errors.Is(err, context.Canceled) || errors.Is(err, errBreakerOpen) || isClosedError(err) {
+	if errors.Is(err, context.Canceled) || errors.Is(err, errBreakerOpen) || isClosedError(err) || isPoolWait(err) {
 		// Says nothing about the store; a probe that ended this way
 		// leaves room for the next one.
 		if b.isOpen.Load() {

@@ -1,0 +1,195 @@
+package rediscache
+
+import (
+	"strings"
+	"time"
+)
+
+// Generations. A generation key holds "hard:soft". Every entry records the
+// value of each generation it depends on (the namespace, its route, its URI,
+// its tags) and is served only while all of them still hold that value, so
+// bumping one key invalidates every entry that recorded it, in one write.
+//
+// The hard part is the store's clock, in microseconds, at the key's last
+// hard purge, or a birth value ("b" and random hex) given when a store
+// created the key. An absent key is unknown, never "not purged": Redis may
+// have evicted it, or come back from an older snapshot without it, and a
+// purged entry must not come back with it. So an entry is stored only
+// together with every generation it records: a key that was absent at
+// lookup is created with a fresh birth value in the same atomic write.
+
+// genMissing is how an absent generation key reads.
+const genMissing = ""
+
+// newBirthGen is the value of a generation key that a store creates. It is
+// random, so that a key evicted and created again never repeats a value
+// that older entries recorded.
+func newBirthGen() string { return "b" + randomToken()[:16] + ":0" }
+
+func hardPart(gen string) string {
+	h, _, _ := strings.Cut(gen, ":")
+	return h
+}
+
+// storeGuard is what must still hold for an entry to be written.
+type storeGuard struct {
+	// gens must still have the recorded values; an absent one whose
+	// recorded value is a birth value is created with it.
+	gens []genStamp
+	// late is the index from which gens were read after the lookup (tags
+	// the answer named): those must also not have been hard purged after
+	// the lookup began.
+	late int
+	// elapsed is the time since the lookup began, margin included: purges
+	// more recent than that may postdate the answer's computation.
+	elapsed time.Duration
+	// patterns is the key of the recent pattern and key purges.
+	patterns string
+	// genTTL is how long a created generation key lives.
+	genTTL time.Duration
+}
+
+// storeOutcome is what became of a guarded write.
+type storeOutcome int
+
+const (
+	outcomeStored        storeOutcome = iota
+	outcomePurged                     // a generation it records was purged since the lookup
+	outcomeGenLost                    // a generation it records vanished (evicted, restarted)
+	outcomePatternPurged              // a pattern or key purge since the lookup covers it
+	outcomeStagedLost                 // the staged value expired before it was moved
+	outcomeTooLate                    // the answer took longer than purges are remembered
+)
+
+// reason is the metric label of a refused write.
+func (o storeOutcome) reason() string {
+	switch o {
+	case outcomePurged:
+		return "purged"
+	case outcomeGenLost:
+		return "generation-lost"
+	case outcomePatternPurged:
+		return "pattern-purged"
+	case outcomeStagedLost:
+		return "staged-lost"
+	case outcomeTooLate:
+		return "too-late"
+	}
+	return "stored"
+}
+
+// purgeMemory is how long pattern and key purges are remembered for the
+// answers in flight when they happened. An answer whose upstream took
+// longer is not stored: no record would say whether a purge covers it.
+const purgeMemory = 10 * time.Minute
+
+// purgeMemoryLimit bounds how many recent pattern and key purges are kept.
+const purgeMemoryLimit = 1000
+
+// lookupMargin widens the window in which a purge counts as concurrent
+// with an answer, for the time between taking the lookup's timestamp and
+// the lookup reaching the store.
+const lookupMargin = 10 * time.Millisecond
+
+// globToLuaPattern turns a Redis glob into an anchored Lua pattern, so that
+// a guarded write can tell inside Redis whether a recent pattern purge
+// covers the key it writes.
+func globToLuaPattern(glob string) string {
+	var b strings.Builder
+	b.WriteByte('^')
+	for i := 0; i < len(glob); i++ {
+		c := glob[i]
+		switch c {
+		case '*':
+			b.WriteString(".*")
+		case '?':
+			b.WriteByte('.')
+		case '[':
+			end := classEnd(glob, i+1)
+			if end < 0 {
+				b.WriteString("%[")
+				continue
+			}
+			b.WriteString(luaClass(glob[i+1 : end]))
+			i = end
+		case '\\':
+			if i+1 < len(glob) {
+				i++
+				c = glob[i]
+			}
+			writeLuaLiteral(&b, c)
+		default:
+			writeLuaLiteral(&b, c)
+		}
+	}
+	b.WriteByte('$')
+	return b.String()
+}
+
+// classEnd finds the ']' closing a glob class whose body starts at i.
+func classEnd(glob string, i int) int {
+	if i < len(glob) && glob[i] == '^' {
+		i++
+	}
+	for j := i; j < len(glob); j++ {
+		switch {
+		case glob[j] == '\\':
+			j++
+		case glob[j] == ']' && j > i:
+			return j
+		}
+	}
+	return -1
+}
+
+// luaClass renders a glob class body as a Lua set.
+func luaClass(body string) string {
+	var b strings.Builder
+	b.WriteByte('[')
+	if strings.HasPrefix(body, "^") {
+		b.WriteByte('^')
+		body = body[1:]
+	}
+	for i := 0; i < len(body); i++ {
+		c := body[i]
+		switch {
+		case c == '\\' && i+1 < len(body):
+			i++
+			writeLuaLiteral(&b, body[i])
+		case c == '-' && i > 0 && i+1 < len(body):
+			b.WriteByte('-')
+		default:
+			writeLuaLiteral(&b, c)
+		}
+	}
+	b.WriteByte(']')
+	return b.String()
+}
+
+func writeLuaLiteral(b *strings.Builder, c byte) {
+	if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+		b.WriteByte('%')
+	}
+	b.WriteByte(c)
+}
+
+// escapeGlob makes a literal key match only itself as a glob.
+func escapeGlob(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if strings.IndexByte(`*?[]\`, s[i]) >= 0 {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// purgeRecord is how a pattern or key purge is remembered in Redis: the Lua
+// pattern that storeScript matches, then the glob for the Cluster path.
+func purgeRecord(glob string) string { return globToLuaPattern(glob) + "\n" + glob }
+
+func purgedGlob(record string) string {
+	_, glob, _ := strings.Cut(record, "\n")
+	return glob
+}
