@@ -306,10 +306,12 @@ func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 		Routes    map[string]any `json:"routes"`
 		Local     map[string]any `json:"local_tier,omitempty"`
 		Copies    map[string]any `json:"validated_copies,omitempty"`
+		// PendingPurges counts generation purges waiting for the store.
+		PendingPurges int `json:"pending_purges"`
 	}
 	var out []storeJSON
 	for _, h := range uniqueHandlers() {
-		s := storeJSON{Namespace: h.Namespace, Healthy: !h.store.breaker.isOpen.Load(), Routes: map[string]any{}}
+		s := storeJSON{Namespace: h.Namespace, Healthy: !h.store.breaker.isOpen.Load(), Routes: map[string]any{}, PendingPurges: h.store.pending.len()}
 		if lt := h.store.local; lt != nil {
 			s.Local = lruStats(lt.entries)
 		}
