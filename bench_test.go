@@ -2,6 +2,7 @@ package rediscache
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -153,4 +154,25 @@ func BenchmarkMissRedis(b *testing.B) {
 			}
 		}
 	})
+}
+
+// BenchmarkMemoryStoreLookupAfterPurges is a lookup on the embedded store
+// after 50,000 purges of distinct URIs: with generations in the LRU, their
+// number does not slow lookups or bumps down.
+func BenchmarkMemoryStoreLookupAfterPurges(b *testing.B) {
+	m := newMemoryStore(64 << 20)
+	ctx := context.Background()
+	for i := range 50000 {
+		_ = m.bump(ctx, false, time.Hour, fmt.Sprintf("ns:_g:u:%032d", i))
+	}
+	_ = m.set(ctx, "ns:r:_:k", make([]byte, 1024), time.Hour)
+	gens := []string{"ns:_g:all", "ns:_g:r:r", "ns:_g:u:x"}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		_, _, _, _ = m.get(ctx, "ns:r:_:k", gens, nil)
+		if i%10 == 0 {
+			_ = m.bump(ctx, false, time.Hour, fmt.Sprintf("ns:_g:u:new%d", i))
+		}
+	}
 }

@@ -73,14 +73,14 @@ func (f *flight) wait(ctx context.Context, limit time.Duration) *fetched {
 // should the client go away while others wait for the answer, the request
 // goes on for up to fetch_timeout, instead of being cancelled and leaving
 // every waiter to go upstream by itself. With nobody waiting it ends with
-// its client, as before. The returned function must be called when the
+// its client, as before. A config reload does not end it: Caddy lets
+// requests in flight finish. The returned function must be called when the
 // upstream request is over.
 func (cr *cacheRequest) detach(f *flight) (done func()) {
 	h := cr.h
 	client := cr.r.Context()
 	ctx, cancel := context.WithCancel(context.WithoutCancel(client))
 	over := make(chan struct{})
-	stopConfig := context.AfterFunc(h.ctx, cancel)
 	stopClient := context.AfterFunc(client, func() {
 		if f == nil || f.waiters.Load() == 0 {
 			cancel()
@@ -99,7 +99,6 @@ func (cr *cacheRequest) detach(f *flight) (done func()) {
 	return func() {
 		close(over)
 		stopClient()
-		stopConfig()
 		cancel()
 		cr.r = orig
 	}

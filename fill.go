@@ -12,22 +12,24 @@ import (
 // made since the lookup: a purge of a generation the entry records, a
 // purge of a tag the answer names, or a pattern or key purge covering it.
 // The client already has the answer, so a write that is refused or fails
-// only costs a future miss; it is counted by reason.
-func (cr *cacheRequest) storeFetched(res *fetched) {
+// only costs a future miss; it is counted by reason. A write that failed
+// (rather than being refused) reports outcomeStored: nothing says a purge
+// covers the answer.
+func (cr *cacheRequest) storeFetched(res *fetched) storeOutcome {
 	h := cr.h
 	ctx := context.WithoutCancel(cr.r.Context())
 	e := res.entry
 	guard, out, err := cr.storeGuard(ctx, res.tags)
 	if err != nil || out != outcomeStored {
 		cr.countUnstored(out, err)
-		return
+		return out
 	}
 	e.gens = guard.gens
 	key := cr.key.primary
 	if len(res.vary) > 0 {
 		if key, err = cr.varyIndex(ctx, e, res.vary); err != nil {
 			cr.countUnstored(out, err)
-			return
+			return outcomeStored
 		}
 	}
 	var buf []byte
@@ -44,7 +46,7 @@ func (cr *cacheRequest) storeFetched(res *fetched) {
 	}
 	if err != nil || out != outcomeStored {
 		cr.countUnstored(out, err)
-		return
+		return out
 	}
 	if copies := h.store.copies; copies != nil {
 		// Whatever this instance held for the key is not what Redis holds
@@ -54,6 +56,7 @@ func (cr *cacheRequest) storeFetched(res *fetched) {
 	}
 	cr.keepLocal(key, e)
 	h.metrics.addStored(cr.route.Name, len(raw))
+	return outcomeStored
 }
 
 // countUnstored records why an answer that was served as stored was not.
@@ -74,7 +77,7 @@ func (cr *cacheRequest) storeGuard(ctx context.Context, tags []string) (storeGua
 	g := storeGuard{
 		gens:     cr.stamps(),
 		late:     len(cr.gens),
-		elapsed:  time.Since(cr.lookupAt) + lookupMargin,
+		elapsed:  sinceLookup(time.Since(cr.lookupAt)),
 		patterns: h.recentPurgesKey(),
 		genTTL:   h.genTTL,
 	}

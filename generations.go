@@ -86,10 +86,15 @@ const purgeMemory = 10 * time.Minute
 // purgeMemoryLimit bounds how many recent pattern and key purges are kept.
 const purgeMemoryLimit = 1000
 
-// lookupMargin widens the window in which a purge counts as concurrent
-// with an answer, for the time between taking the lookup's timestamp and
-// the lookup reaching the store.
-const lookupMargin = 10 * time.Millisecond
+// sinceLookup is how long ago, on the store's clock, a lookup that began
+// elapsed ago on this Caddy's clock began: purges after that may postdate
+// the answer. The elapsed time already counts from before the lookup was
+// sent; the margin covers the two clocks running at different rates (NTP
+// slews a clock by at most 500 ppm) and no more, so that a request made
+// just after a purge returned can still be stored.
+func sinceLookup(elapsed time.Duration) time.Duration {
+	return elapsed + time.Millisecond + elapsed/2000
+}
 
 // globToLuaPattern turns a Redis glob into an anchored Lua pattern, so that
 // a guarded write can tell inside Redis whether a recent pattern purge

@@ -588,15 +588,21 @@ func (cr *cacheRequest) fetchDirect(w http.ResponseWriter, fwd string, share **f
 		return cr.serveRevalidated(w, cw, share)
 	}
 	res := cw.result()
-	if share != nil {
-		*share = res
-	}
 	cr.countResult(resultMiss)
 	if err := cr.writeFetched(w, res, "fwd="+fwd+"; fwd-status="+strconv.Itoa(res.entry.status)+"; stored"); err != nil {
 		return err
 	}
-	cr.storeFetched(res)
+	cr.shareIfCurrent(share, res, cr.storeFetched(res))
 	return nil
+}
+
+// shareIfCurrent publishes a fetched answer for coalesced waiters, unless
+// its store write found that a purge since the lookup covers it: a waiter
+// may have asked after that purge, so it must fetch for itself.
+func (cr *cacheRequest) shareIfCurrent(share **fetched, res *fetched, out storeOutcome) {
+	if share != nil && out == outcomeStored {
+		*share = res
+	}
 }
 
 // serveRevalidated handles the upstream's 304 to a conditional request
@@ -633,13 +639,10 @@ func (cr *cacheRequest) serveRevalidated(w http.ResponseWriter, cw *captureWrite
 		return cr.serveEntryAs(w, e, resultHit, "fwd="+cw.fwd+"; fwd-status=304; detail="+reason, false)
 	}
 	res := newFetched(e, plan.storeTTL, cr.r)
-	if share != nil {
-		*share = res
-	}
 	if err := cr.serveEntryAs(w, e, resultHit, "fwd="+cw.fwd+"; fwd-status=304; stored", false); err != nil {
 		return err
 	}
-	cr.storeFetched(res)
+	cr.shareIfCurrent(share, res, cr.storeFetched(res))
 	return nil
 }
 

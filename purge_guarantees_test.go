@@ -485,3 +485,60 @@ func TestCoalescingColdStart(t *testing.T) {
 		b.Stop()
 	}
 }
+
+// Issue 12, finding 10: a foreign value at a generation key (another
+// tool's string, or another type) made purges answer 502 and could stop
+// storing. It is overwritten like a corrupt entry.
+func TestPurgeForeignGenerationValues(t *testing.T) {
+	t.Parallel()
+	e := rfcStart(t, "pgf", pgRoutes)
+	pgOrigin(e.u, "/api/dashboard", "/api/campaigns")
+	ctx := context.Background()
+	cl := e.r.Client()
+	for _, k := range []string{"pgf:_g:all", "pgf:_g:r:dashboard"} {
+		if err := cl.HSet(ctx, k, "f", "v").Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cl.Set(ctx, "pgf:_g:purged", "not a sorted set", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	_, first := e.get(t, "/api/dashboard", "X-User-Id: u1")
+	if resp, b := e.get(t, "/api/dashboard", "X-User-Id: u1"); resp.Header.Get("X-Cache") != "HIT" || b != first {
+		t.Fatalf("with foreign values at generation keys: %s, want the entry stored and served", resp.Header.Get("X-Cache"))
+	}
+	cl.Del(ctx, "pgf:_g:r:dashboard")
+	if err := cl.HSet(ctx, "pgf:_g:r:dashboard", "f", "v").Err(); err != nil {
+		t.Fatal(err)
+	}
+	pgAdminPurge(t, e.c, `{"route":"dashboard"}`)
+	pgAdminPurge(t, e.c, `{"pattern":"dashboard:nothing:*"}`)
+	if err := cl.Set(ctx, "pgf:_g:r:campaigns", "garbage", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	pgPost(t, e.c, "/api/campaigns", 200)
+	if resp, b := e.get(t, "/api/dashboard", "X-User-Id: u1"); b == first {
+		t.Fatalf("after purges over foreign values: %s with the purged body", resp.Header.Get("X-Cache"))
+	}
+}
+
+// Issue 12, finding 9: the embedded store's purge counters lived in a map
+// that every bump swept under the lock lookups need, outside memory_limit.
+// Now they are entries of the byte-bounded LRU.
+func TestMemoryStoreGenerationsBounded(t *testing.T) {
+	const limit = 1 << 20
+	m := newMemoryStore(limit)
+	ctx := context.Background()
+	for i := range 50000 {
+		if err := m.bump(ctx, false, time.Hour, fmt.Sprintf("ns:_g:u:%032d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, used := m.items.size(); used > limit {
+		t.Fatalf("50000 generations hold %d bytes in %d items, over the %d-byte memory_limit", used, n, limit)
+	}
+	cur, _ := m.gens(ctx, []string{fmt.Sprintf("ns:_g:u:%032d", 0), fmt.Sprintf("ns:_g:u:%032d", 49999)})
+	if cur[0] != genMissing || cur[1] == genMissing {
+		t.Fatalf("oldest generation %q (want evicted: unknown), newest %q (want present)", cur[0], cur[1])
+	}
+}

@@ -82,11 +82,12 @@ func (rs *redisStore) warm() {
 const warmConnections = pipelineWorkers + 2
 
 // checkRestart runs on every new connection. When the server's run_id
-// differs from the one last seen, Redis restarted (perhaps from an older
-// snapshot) or failed over (perhaps to a lagging replica): generations may
-// have gone back to values that purged entries recorded, so every
-// namespace's generation is bumped, on this connection, before it serves
-// anything. Other new connections wait for that.
+// differs from the one recorded in the namespace, Redis restarted (perhaps
+// from an older snapshot) or failed over (perhaps to a lagging replica):
+// generations may have gone back to values that purged entries recorded, so
+// the namespace's generation is bumped, on this connection, before it
+// serves anything. The record makes that happen once per restart, whichever
+// Caddy connects first; other new connections of this Caddy wait for it.
 func (rs *redisStore) checkRestart(ctx context.Context, cn *redis.Conn) error {
 	raw, err := cn.Info(ctx, "server").Result()
 	if err != nil {
@@ -98,25 +99,33 @@ func (rs *redisStore) checkRestart(ctx context.Context, cn *redis.Conn) error {
 	if id == "" || id == rs.runID {
 		return nil
 	}
-	first := rs.runID == ""
-	rs.runID = id
-	if first {
-		return nil
-	}
 	var bumpErr error
 	rs.namespaces.Range(func(ns, ttl any) bool {
-		err := bumpScript.Run(ctx, cn, []string{ns.(string) + ":_g:all"}, "hard", ttl.(time.Duration).Milliseconds()).Err()
-		if err != nil {
+		keys := []string{ns.(string) + ":_g:run", ns.(string) + ":_g:all"}
+		if err := restartScript.Run(ctx, cn, keys, id, ttl.(time.Duration).Milliseconds()).Err(); err != nil {
 			bumpErr = err
 		}
 		return true
 	})
 	if bumpErr != nil {
-		rs.runID = "" // try again on the next connection
-		return bumpErr
+		return bumpErr // try again on the next connection
 	}
+	rs.runID = id
 	return nil
 }
+
+// restartScript records the server's run_id in a namespace and, when
+// another was recorded, bumps the namespace's generation.
+var restartScript = redis.NewScript(`
+local prev = redis.pcall('GET', KEYS[1])
+if prev == ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if type(prev) ~= 'string' then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('SET', KEYS[2], string.format('%d', now) .. ':0', 'PX', ARGV[2])
+return 1
+`)
 
 // universalOptions turns the configured URLs into client options. Every URL
 // must agree on credentials, TLS and database; the first one sets them.
@@ -635,7 +644,8 @@ func (s *redisStore) bump(ctx context.Context, soft bool, ttl time.Duration, gen
 var rememberScript = redis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-if redis.call('TYPE', KEYS[1]).ok ~= 'zset' then redis.call('DEL', KEYS[1]) end
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind ~= 'zset' and kind ~= 'none' then redis.call('DEL', KEYS[1]) end
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]) * 1000)
 redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[3]) - 1)

@@ -1172,16 +1172,25 @@ func TestVisibilityLocalTierCoherence(t *testing.T) {
 	old, _ = warm("/api/content/restart", "rcache:content:*")
 	r.Kill()
 	r.Restart()
-	// B reads Redis again (its generations become trusted anew); the entry
-	// survived the restart (AOF).
+	// B's local tier may serve what it holds for up to its 1 s trust bound.
+	time.Sleep(1100 * time.Millisecond)
+	// B reads Redis again (its generations become trusted anew). The entry
+	// survived the restart (AOF), but a restart may have lost purges (the
+	// last second of an AOF, an older snapshot), so the first connection
+	// to the new server invalidated the namespace: the entry is fetched
+	// again, once, and then served by both instances.
 	if !harnessWaitUntil(10*time.Second, func() bool {
 		resp, got := getOn(b, "/api/content/restart")
-		if resp.Header.Get("X-Cache") == "HIT" && got != old {
-			t.Fatalf("after restart: B HIT with another body %q, want %q", got, old)
+		if resp.Header.Get("X-Cache") == "HIT" && got == old {
+			t.Fatalf("after restart: B served the entry stored before the restart %q", got)
 		}
-		return resp.Header.Get("X-Cache") == "HIT"
+		if resp.Header.Get("X-Cache") == "HIT" {
+			old = got
+			return true
+		}
+		return false
 	}) {
-		t.Fatalf("B never served the entry from the restarted Redis")
+		t.Fatalf("B never served an entry from the restarted Redis")
 	}
 	propagation("route right after a Redis restart", "/api/content/restart", old, func() {
 		var last string
