@@ -93,7 +93,11 @@ func (rs *redisStore) checkRestart(ctx context.Context, cn *redis.Conn) error {
 	if err != nil {
 		return nil // the command that needs the connection will tell
 	}
-	id := parseInfo(raw)["run_id"]
+	info := parseInfo(raw)
+	if info["redis_mode"] == "sentinel" {
+		return nil // a Sentinel holds no data; its masters are checked
+	}
+	id := info["run_id"]
 	rs.runMu.Lock()
 	defer rs.runMu.Unlock()
 	if id == "" || id == rs.runID {
@@ -227,6 +231,10 @@ func (s *redisStore) get(ctx context.Context, key string, gens []string, tail []
 	return val, cur, false, err
 }
 
+// errShortReply is a reply with fewer values than keys asked for: a proxy
+// or server that is not quite Redis. A store failure, never a panic.
+var errShortReply = errors.New("redis: reply has fewer values than keys")
+
 // foreignTail stands for the tail of a key holding another type: it
 // matches no entry's, so the value is read in full and found foreign.
 const foreignTail = "foreign"
@@ -329,6 +337,9 @@ func (s *redisStore) mget(ctx context.Context, key string, gens []string) ([]byt
 		return nil, nil, err
 	}
 	vals := cmd.(*redis.SliceCmd).Val()
+	if len(vals) != len(keys) {
+		return nil, nil, errShortReply
+	}
 	cur := mgetGenValues(vals[1:])
 	v, ok := vals[0].(string)
 	if !ok {
