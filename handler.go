@@ -51,9 +51,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	ek := evaluatedKey{}
 	if rt.keyRepl {
-		ek = rt.evaluateKey(r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer))
-		if ek.missing {
+		ek = rt.evaluateKey(r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer), r.Header)
+		switch {
+		case ek.missing:
 			return h.bypass(w, r, next, rt, "bypass", "empty-key")
+		case ek.ambiguous:
+			return h.bypass(w, r, next, rt, "bypass", "repeated-key-field")
 		}
 	}
 	cr := &cacheRequest{

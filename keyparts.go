@@ -71,12 +71,16 @@ type evaluatedKey struct {
 	readable string   // the template with its placeholders replaced
 	values   []string // each placeholder's value, hashed separately
 	missing  bool     // a required placeholder was empty
+	// ambiguous: a field the key reads came in several lines. Caddy's
+	// placeholder joins them with commas, while an origin may read only
+	// the first: lines "a" and "b" would be keyed as the value "a,b".
+	ambiguous bool
 }
 
 // evaluateKey evaluates each placeholder of the route's key on its own, so
 // that no choice of values can make two requests share a key: "a:b" + "c"
 // and "a" + "b:c" hash differently.
-func (rt *Route) evaluateKey(repl *caddy.Replacer) evaluatedKey {
+func (rt *Route) evaluateKey(repl *caddy.Replacer, hdr http.Header) evaluatedKey {
 	ek := evaluatedKey{
 		readable: strings.TrimSpace(repl.ReplaceAll(rt.Key, "")),
 		values:   make([]string, len(rt.keyParts)),
@@ -85,6 +89,9 @@ func (rt *Route) evaluateKey(repl *caddy.Replacer) evaluatedKey {
 		v := strings.TrimSpace(repl.ReplaceAll(p.placeholder, ""))
 		if v == "" && !p.optional {
 			ek.missing = true
+		}
+		if p.header != "" && len(hdr.Values(p.header)) > 1 {
+			ek.ambiguous = true
 		}
 		ek.values[i] = v
 	}

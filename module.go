@@ -303,7 +303,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.genTTL = time.Duration(h.MaxTTL) + time.Hour
 	h.honorRequestCC = h.RequestCacheControl == "honor"
 	h.flights = newFlightGroup()
-	h.strippedHeaders = append(canonicalHeaderNames(slices.Clone(h.StripRequestHeaders)...), defaultStrippedHeaders...)
 	h.inflight = newInflightBudget(h.InflightBudget)
 
 	metrics, err := provisionMetrics(ctx)
@@ -364,6 +363,7 @@ func (h *Handler) setDefaults() {
 }
 
 func (h *Handler) compileRoutes() error {
+	h.strippedHeaders = append(canonicalHeaderNames(slices.Clone(h.StripRequestHeaders)...), defaultStrippedHeaders...)
 	h.routeByName = make(map[string]*Route, len(h.Routes))
 	for i, rt := range h.Routes {
 		if rt == nil {
