@@ -99,7 +99,7 @@ func fuzzCacheView(h *Handler, rt *Route, r *http.Request) (key, view string, ok
 		return "", "", false
 	}
 	repl := caddyhttp.NewTestReplacer(r)
-	h.sanitizeRequest(r, rt)
+	sanitizeRequest(r)
 	if h.uncacheableRequest(r, rt, canonical) != "" {
 		return "", "", false
 	}
@@ -109,6 +109,7 @@ func fuzzCacheView(h *Handler, rt *Route, r *http.Request) (key, view string, ok
 			return "", "", false
 		}
 	}
+	h.stripUnkeyed(r, rt)
 	key = h.buildKeyFrom(r, rt, normPath, ek).primary
 	return key, fuzzOriginView(r, rt), true
 }

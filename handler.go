@@ -45,7 +45,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.bypass(w, r, next, rt, "bypass", "upgrade")
 	}
 	// From here on, every decision reads the request the upstream gets.
-	h.sanitizeRequest(r, rt)
+	sanitizeRequest(r)
 	if reason := h.uncacheableRequest(r, rt, canonical); reason != "" {
 		return h.bypass(w, r, next, rt, "bypass", reason)
 	}
@@ -59,6 +59,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return h.bypass(w, r, next, rt, "bypass", "repeated-key-field")
 		}
 	}
+	h.stripUnkeyed(r, rt)
 	cr := &cacheRequest{
 		h:       h,
 		route:   rt,

@@ -46,7 +46,7 @@ func parseKeyTemplate(tpl string, optional []string) ([]keyTemplatePart, error) 
 	for _, opt := range optional {
 		found := false
 		for j := range parts {
-			if parts[j].placeholder == braced(opt) {
+			if parts[j].placeholder == braced(opt) || parts[j].placeholder == braced(expandShorthand(opt)) {
 				parts[j].optional, found = true, true
 			}
 		}
@@ -55,6 +55,27 @@ func parseKeyTemplate(tpl string, optional []string) ([]keyTemplatePart, error) 
 		}
 	}
 	return parts, nil
+}
+
+// caddyfileShorthands are the placeholder shorthands the Caddyfile adapter
+// expands inside braces; a key_optional name written without braces is
+// expanded here so that it still matches the key.
+var caddyfileShorthands = [][2]string{
+	{"query.", "http.request.uri.query."},
+	{"header.", "http.request.header."},
+	{"cookie.", "http.request.cookie."},
+	{"labels.", "http.request.host.labels."},
+	{"path.", "http.request.uri.path."},
+}
+
+func expandShorthand(name string) string {
+	bare := strings.Trim(name, "{}")
+	for _, sh := range caddyfileShorthands {
+		if rest, ok := strings.CutPrefix(bare, sh[0]); ok {
+			return sh[1] + rest
+		}
+	}
+	return bare
 }
 
 // braced writes a placeholder name with its braces, whichever way the

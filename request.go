@@ -45,9 +45,10 @@ func canonicalHeaderNames(names ...string) []string {
 	return names
 }
 
-// sanitizeRequest puts a cacheable request in the form the upstream will
-// receive, before anything is derived from it.
-func (h *Handler) sanitizeRequest(r *http.Request, rt *Route) {
+// sanitizeRequest puts a GET or HEAD in the form the upstream will
+// receive, before anything is derived from it: what it removes,
+// reverse_proxy would remove anyway, and hosts compare without case.
+func sanitizeRequest(r *http.Request) {
 	removeConnectionHeaders(r.Header)
 	for _, name := range hopByHopRequest {
 		if name == "Te" && headerHasToken(r.Header["Te"], "trailers") {
@@ -57,12 +58,18 @@ func (h *Handler) sanitizeRequest(r *http.Request, rt *Route) {
 		}
 		delete(r.Header, name)
 	}
+	r.Host = normalizeHost(r.Host)
+}
+
+// stripUnkeyed removes from a request that will use the cache the fields
+// through which a client could change the answer without changing the key.
+// Requests that skip the cache keep them: their answers reach no one else.
+func (h *Handler) stripUnkeyed(r *http.Request, rt *Route) {
 	for _, name := range h.strippedHeaders {
 		if !rt.keysOn(name) {
 			delete(r.Header, name)
 		}
 	}
-	r.Host = normalizeHost(r.Host)
 }
 
 // removeConnectionHeaders deletes every field named in any Connection line,
