@@ -141,10 +141,13 @@ func fuzzOriginView(r *http.Request, rt *Route) string {
 	fmt.Fprintf(&v, "GET %s %s?%s body=%q\n", r.Host, r.URL.Path, sortedQuery(r.URL.RawQuery), body)
 	// A list field named in Vary is read as one list, whatever its lines.
 	fmt.Fprintf(&v, "Accept-Language=%q\n", strings.Join(hdr.Values("Accept-Language"), ", "))
-	read := []string{"X-User-Id", "X-Platform",
-		"Forwarded", "X-Forwarded-Host", "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Uri",
+	read := []string{"Forwarded", "X-Forwarded-Host", "X-Forwarded-Port", "X-Forwarded-Prefix", "X-Forwarded-Uri",
 		"X-Forwarded-Path", "X-Original-Host", "X-Forwarded-Server", "X-Forwarded-Scheme", "X-Host",
 		"X-Original-Url", "X-Rewrite-Url", "X-Override-Url", "X-Http-Method-Override", "X-Http-Method", "X-Method-Override"}
+	if rt.keyRepl {
+		// Fields the key reads; an unkeyed route leaves them to Vary.
+		read = append(read, "X-User-Id", "X-Platform")
+	}
 	sort.Strings(read)
 	for _, name := range read {
 		fmt.Fprintf(&v, "%s=%q\n", name, hdr.Values(name))
