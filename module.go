@@ -161,7 +161,8 @@ type Handler struct {
 	StripRequestHeaders []string `json:"strip_request_headers,omitempty"`
 
 	// InflightBudget bounds, in bytes, the response bodies all requests of
-	// this handler hold in memory while they are being stored. An answer
+	// this handler hold in memory while they are being stored, counting
+	// each body twice (the body, and its encoding for the store). An answer
 	// that does not fit streams through to the client unstored
 	// (Cache-Status detail=budget). Default: 256 MiB.
 	InflightBudget int64 `json:"inflight_budget,omitempty"`

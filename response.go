@@ -188,14 +188,17 @@ func (cw *captureWriter) spill(reason string) error {
 
 // growBody makes room for n more bytes of body, within max_entry_size and
 // the in-flight budget; it reports false when the budget has no room.
-// Room grows by doubling, and the whole new capacity is reserved.
+// Room grows by doubling, and the whole new capacity is reserved twice:
+// once for the body, once for its encoded copy, which the store write
+// makes after the client has it all, when slow clients that started
+// together all finish together.
 func (cw *captureWriter) growBody(n int) bool {
 	need := len(cw.body) + n
 	if need <= cap(cw.body) {
 		return true
 	}
 	size := min(max(need, 2*cap(cw.body), 4096), int(max(cw.cr.h.MaxEntrySize, int64(need))))
-	if !cw.cr.hold().grow(int64(size - cap(cw.body))) {
+	if !cw.cr.hold().grow(2 * int64(size-cap(cw.body))) {
 		return false
 	}
 	grown := make([]byte, len(cw.body), size)
