@@ -281,6 +281,13 @@ func TestHostileKeyParts(t *testing.T) {
 		resp, body := e.send(t, "GET", "/api/inbox", "X-User-Id: a", "X-Platform: b:c")
 		e.victimSees(t, "user a", resp, body, []string{`h:X-User-Id=["a"]`}, []string{`"a:b"`})
 	})
+	t.Run("identity in several lines", func(t *testing.T) {
+		// Caddy's placeholder joins the lines with commas; an origin may
+		// read only the first.
+		e.send(t, "GET", "/api/inbox", "X-User-Id: vic", "X-User-Id: tim", "X-Platform: web")
+		resp, body := e.send(t, "GET", "/api/inbox", "X-User-Id: vic,tim", "X-Platform: web")
+		e.victimSees(t, "user vic,tim", resp, body, []string{`h:X-User-Id=["vic,tim"]`}, nil)
+	})
 }
 
 // Finding 4, the option: an optional part may be empty; a required one may

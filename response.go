@@ -463,7 +463,7 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 			return storePlan{}, "vary-star"
 		}
 	}
-	if len(rt.ContentTypes) > 0 && !rt.allowsContentType(hdr.Get("Content-Type")) {
+	if len(rt.ContentTypes) > 0 && !rt.allowsContentTypes(hdr.Values("Content-Type")) {
 		return storePlan{}, "content-type"
 	}
 	now := time.Now()
@@ -496,6 +496,17 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 		return storePlan{}, "stale-on-arrival"
 	}
 	return plan, ""
+}
+
+// allowsContentTypes reports whether the response has a Content-Type and
+// every line of it is allowed: a client may act on any of them.
+func (rt *Route) allowsContentTypes(lines []string) bool {
+	for _, ct := range lines {
+		if !rt.allowsContentType(ct) {
+			return false
+		}
+	}
+	return len(lines) > 0
 }
 
 func (rt *Route) allowsContentType(ct string) bool {
