@@ -99,11 +99,23 @@ func headerHasToken(lines []string, token string) bool {
 // qualified name, keeping any port, so that APP.test, app.test. and
 // app.test reach the origin (and the key) as one host.
 func normalizeHost(host string) string {
+	if isNormalHost(host) {
+		return host // the common case costs no allocation
+	}
 	name, port, err := net.SplitHostPort(host)
 	if err != nil {
 		return strings.ToLower(strings.TrimSuffix(host, "."))
 	}
 	return net.JoinHostPort(strings.ToLower(strings.TrimSuffix(name, ".")), port)
+}
+
+func isNormalHost(host string) bool {
+	for i := 0; i < len(host); i++ {
+		if c := host[i]; c >= 'A' && c <= 'Z' {
+			return false
+		}
+	}
+	return !strings.HasSuffix(host, ".") && !strings.Contains(host, ".:")
 }
 
 // hasHeader reports whether any line of the field is present, even an empty
