@@ -38,6 +38,7 @@ func parseKeyTemplate(tpl string, optional []string) ([]keyTemplatePart, error) 
 		ph := tpl[i : i+end+1]
 		part := keyTemplatePart{placeholder: ph}
 		if name, ok := strings.CutPrefix(ph[1:len(ph)-1], headerPlaceholderPrefix); ok {
+			name, _, _ = strings.Cut(name, ":") // {…:default}
 			part.header = http.CanonicalHeaderKey(name)
 		}
 		parts = append(parts, part)
