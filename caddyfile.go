@@ -49,10 +49,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		coalesce
 //		coalesce_wait <duration>
 //		fetch_timeout <duration>
+//		strip_request_headers <name...>
+//		inflight_budget <size>
 //		route <name> <path-pattern> [<ttl>] {
 //			ttl <duration>
 //			force_ttl
 //			key <template>
+//			key_optional <placeholder...>
 //			tags <template...>
 //			invalidates <route...>
 //			vary <header...>
@@ -159,6 +162,16 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 			return d.Errf("breaker cooldown %q: must be a positive duration", args[1])
 		}
 		h.BreakerCooldown = caddy.Duration(dur)
+	case "strip_request_headers":
+		if h.StripRequestHeaders, err = listArg(d); err == nil {
+			for _, name := range h.StripRequestHeaders {
+				if strings.ContainsAny(name, " \t:,{}") {
+					return d.Errf("strip_request_headers %q: not a header name", name)
+				}
+			}
+		}
+	case "inflight_budget":
+		h.InflightBudget, err = sizeArg(d)
 	case "memory_limit":
 		h.MemoryLimit, err = sizeArg(d)
 	case "max_entry_size":
@@ -241,6 +254,9 @@ func unmarshalRoute(d *caddyfile.Dispenser) (*Route, error) {
 	if rt.ForceTTL && rt.TTL <= 0 {
 		return nil, d.Errf("route %q: force_ttl needs a ttl greater than zero", rt.Name)
 	}
+	if _, err := parseKeyTemplate(rt.Key, rt.KeyOptional); err != nil {
+		return nil, d.Errf("route %q: %v", rt.Name, err)
+	}
 	return rt, nil
 }
 
@@ -256,6 +272,14 @@ func (rt *Route) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		rt.ForceTTL = true
 	case "key":
 		rt.Key, err = singleArg(d)
+	case "key_optional":
+		if rt.KeyOptional, err = listArg(d); err == nil {
+			for _, ph := range rt.KeyOptional {
+				if strings.TrimSpace(strings.Trim(ph, "{}")) == "" || strings.ContainsAny(strings.Trim(ph, "{}"), "{} \t") {
+					return d.Errf("route %q: key_optional %q: not a placeholder such as {query.platform}", rt.Name, ph)
+				}
+			}
+		}
 	case "tags":
 		rt.Tags, err = listArg(d)
 	case "invalidates":

@@ -26,22 +26,6 @@ const (
 // cacheStatusName is this cache's identifier in the Cache-Status field.
 const cacheStatusName = "redis_cache"
 
-// overrideHeaders let a client make the upstream answer something other
-// than what the key describes; they are removed from cacheable requests.
-// They are kept in canonical form, so removing them costs no allocation.
-var overrideHeaders = canonicalHeaderNames(
-	"X-Original-URL", "X-Rewrite-URL", "X-Override-URL",
-	"X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override",
-	"X-Forwarded-Host", "X-Forwarded-Server", "X-Host", "X-Forwarded-Scheme",
-)
-
-func canonicalHeaderNames(names ...string) []string {
-	for i, name := range names {
-		names[i] = http.CanonicalHeaderKey(name)
-	}
-	return names
-}
-
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	normPath, canonical := normalizedPath(r)
@@ -55,28 +39,37 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		return h.bypass(w, r, next, rt, "method", "")
 	}
+	if hasHeader(r.Header, "Upgrade") {
+		// WebSocket and other upgrades need the connection itself, and
+		// the Connection and Upgrade fields that sanitation removes.
+		return h.bypass(w, r, next, rt, "bypass", "upgrade")
+	}
+	// From here on, every decision reads the request the upstream gets.
+	sanitizeRequest(r)
 	if reason := h.uncacheableRequest(r, rt, canonical); reason != "" {
 		return h.bypass(w, r, next, rt, "bypass", reason)
 	}
-	keyPart := ""
+	ek := evaluatedKey{}
 	if rt.keyRepl {
-		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-		keyPart = strings.TrimSpace(repl.ReplaceAll(rt.Key, ""))
-		if keyPart == "" || keyPart == rt.keyLiteral {
+		ek = rt.evaluateKey(r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer), r.Header)
+		switch {
+		case ek.missing:
 			return h.bypass(w, r, next, rt, "bypass", "empty-key")
+		case ek.ambiguous:
+			return h.bypass(w, r, next, rt, "bypass", "repeated-key-field")
 		}
 	}
-	for _, name := range overrideHeaders {
-		delete(r.Header, name)
-	}
+	h.stripUnkeyed(r, rt)
 	cr := &cacheRequest{
 		h:       h,
 		route:   rt,
 		r:       r,
 		next:    next,
-		key:     h.buildKey(r, rt, normPath, keyPart),
+		key:     h.buildKeyFrom(r, rt, normPath, ek),
 		tagGens: h.requestTagGens(r, rt),
+		budget:  &budgetHold{budget: h.inflight},
 	}
+	defer cr.close()
 	return cr.serve(w)
 }
 
@@ -94,14 +87,11 @@ func (h *Handler) uncacheableRequest(r *http.Request, rt *Route, canonical bool)
 	switch {
 	case !canonical:
 		return "non-canonical-path"
-	case r.ContentLength > 0 || len(r.TransferEncoding) > 0:
+	case hasRequestBody(r):
 		return "request-body"
-	case r.Header.Get("Range") != "":
+	case hasHeader(r.Header, "Range"):
 		return "range"
-	case r.Header.Get("Upgrade") != "":
-		// WebSocket and other upgrades need the connection itself.
-		return "upgrade"
-	case !rt.keyRepl && r.Header.Get("Cookie") != "":
+	case !rt.trustsCredentials() && hasHeader(r.Header, "Cookie"):
 		return "cookie"
 	}
 	return ""
@@ -135,7 +125,7 @@ func (h *Handler) bypass(w http.ResponseWriter, r *http.Request, next caddyhttp.
 // authenticated reports whether the request carries credentials that the
 // route's key does not account for.
 func (cr *cacheRequest) authenticated() bool {
-	return !cr.route.keyRepl && cr.r.Header.Get("Authorization") != ""
+	return !cr.route.trustsCredentials() && hasHeader(cr.r.Header, "Authorization")
 }
 
 // cacheRequest carries one cacheable GET or HEAD through lookup, fetch and
@@ -161,6 +151,13 @@ type cacheRequest struct {
 	// background marks a refresh that no client waits for; it is not a
 	// request, so it is not counted in metrics or stats.
 	background bool
+
+	// writers are the request's capture writers, finished (at the latest)
+	// when ServeHTTP returns; budget is what their bodies took from the
+	// in-flight budget (nil for a background refresh: no slow client holds
+	// its body).
+	writers []*captureWriter
+	budget  *budgetHold
 }
 
 func (cr *cacheRequest) serve(w http.ResponseWriter) error {
@@ -666,7 +663,7 @@ func (cr *cacheRequest) upstreamRequest() *http.Request {
 	r := cr.r
 	etag, lastModified := cr.staleValidators()
 	if r.Method == http.MethodGet && etag == "" && lastModified == "" &&
-		r.Header.Get("If-None-Match") == "" && r.Header.Get("If-Modified-Since") == "" {
+		!hasHeader(r.Header, "If-None-Match") && !hasHeader(r.Header, "If-Modified-Since") {
 		return r
 	}
 	up := r.Clone(r.Context())
@@ -730,7 +727,7 @@ func (cr *cacheRequest) refreshInBackground() {
 	bgReq := cr.r.Clone(context.WithoutCancel(cr.r.Context()))
 	bg := &cacheRequest{h: h, route: cr.route, r: bgReq, next: cr.next, key: cr.key, tagGens: cr.tagGens, gens: cr.gens, cur: cr.cur, lookupAt: cr.lookupAt, varyIdx: cr.varyIdx, stale: cr.stale, background: true}
 	h.background.Add(1)
-	go func() {
+	goSafe(h.logger, "background refresh", func() {
 		defer h.background.Done()
 		defer h.flights.finish("refresh:"+cr.key.primary, f, nil)
 		ctx, cancel := context.WithCancel(bgReq.Context())
@@ -739,7 +736,7 @@ func (cr *cacheRequest) refreshInBackground() {
 		defer stop()
 		bg.r = bgReq.WithContext(ctx)
 		_ = bg.fetchDirect(newDiscardWriter(), "stale", nil)
-	}()
+	})
 }
 
 func (h *Handler) logStoreError(op string, err error) {

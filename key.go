@@ -157,6 +157,13 @@ type requestKey struct {
 // of scheme, host, path, sorted query, key part and the route's Vary
 // headers.
 func (h *Handler) buildKey(r *http.Request, rt *Route, normPath, keyPart string) requestKey {
+	return h.buildKeyFrom(r, rt, normPath, evaluatedKey{readable: keyPart, values: []string{keyPart}})
+}
+
+// buildKeyFrom is buildKey with each of the key template's placeholders
+// hashed on its own, with its length.
+func (h *Handler) buildKeyFrom(r *http.Request, rt *Route, normPath string, ek evaluatedKey) requestKey {
+	keyPart := ek.readable
 	host := strings.ToLower(r.Host)
 	query := sortedQuery(r.URL.RawQuery)
 	var kh keyHasher
@@ -164,10 +171,12 @@ func (h *Handler) buildKey(r *http.Request, rt *Route, normPath, keyPart string)
 	kh.add(host)
 	kh.add(normPath)
 	kh.add(query)
-	kh.add(keyPart)
+	for _, v := range ek.values {
+		kh.add(v)
+	}
 	// Requests with credentials the key does not capture share entries only
 	// among themselves, and only what the origin marked shareable (§3.5).
-	if !rt.keyRepl && r.Header.Get("Authorization") != "" {
+	if !rt.trustsCredentials() && hasHeader(r.Header, "Authorization") {
 		kh.add("authenticated")
 	}
 	for _, name := range rt.Vary {

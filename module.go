@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +32,7 @@ const (
 	defaultMemoryLimit     = 64 << 20
 	defaultValidatedCopies = 32 << 20
 	defaultMaxEntrySize    = 4 << 20
+	defaultInflightBudget  = 256 << 20
 	defaultMaxTTL          = 24 * time.Hour
 	defaultCoalesceWait    = 10 * time.Second
 	defaultFetchTimeout    = time.Minute
@@ -164,6 +166,23 @@ type Handler struct {
 	// max-stale.
 	RequestCacheControl string `json:"request_cache_control,omitempty"`
 
+	// StripRequestHeaders adds request fields to those removed from every
+	// cacheable request unless the route keys on them (through its key or
+	// vary): fields an origin might read that the key does not describe.
+	// The default list, always applied, is X-Original-URL, X-Rewrite-URL,
+	// X-Override-URL, X-HTTP-Method-Override, X-HTTP-Method,
+	// X-Method-Override, X-Forwarded-Host, X-Forwarded-Server, X-Host,
+	// X-Forwarded-Scheme, Forwarded, X-Forwarded-Port, X-Forwarded-Prefix,
+	// X-Forwarded-Uri, X-Forwarded-Path and X-Original-Host.
+	StripRequestHeaders []string `json:"strip_request_headers,omitempty"`
+
+	// InflightBudget bounds, in bytes, the response bodies all requests of
+	// this handler hold in memory while they are being stored, counting
+	// each body twice (the body, and its encoding for the store). An answer
+	// that does not fit streams through to the client unstored
+	// (Cache-Status detail=budget). Default: 256 MiB.
+	InflightBudget int64 `json:"inflight_budget,omitempty"`
+
 	// Routes are tried in order; the first whose path pattern matches the
 	// request handles it.
 	Routes []*Route `json:"routes,omitempty"`
@@ -181,6 +200,9 @@ type Handler struct {
 	ctx            caddy.Context
 	honorRequestCC bool
 	background     *sync.WaitGroup
+
+	strippedHeaders []string
+	inflight        *inflightBudget
 }
 
 // Route is one named set of cache rules for a path pattern.
@@ -211,6 +233,15 @@ type Route struct {
 	// assumed to carry the identity; without a key such requests skip the
 	// cache.
 	Key string `json:"key,omitempty"`
+
+	// KeyOptional lists placeholders of Key (with or without braces, e.g.
+	// "query.platform") that may be empty. Each placeholder of Key is
+	// hashed on its own; by default every one is required, and a request
+	// for which any required placeholder is empty skips the cache
+	// (Cache-Status detail=empty-key). Requests with Cookie or
+	// Authorization are cached on a keyed route only when it has at least
+	// one required placeholder, which is taken to be the identity.
+	KeyOptional []string `json:"key_optional,omitempty"`
 
 	// Tags are templates of tags attached to every entry stored by this
 	// route, e.g. "user:{http.request.header.X-User-Id}". A tag purge
@@ -252,13 +283,13 @@ type Route struct {
 	// deception through paths like /api/me.css.
 	ContentTypes []string `json:"content_types,omitempty"`
 
-	matcher    pathMatcher
-	keyRepl    bool
-	keyLiteral string // the key template with every placeholder empty
-	stats      routeStats
-	purgeURI   bool
-	routeGen   string
-	invalGens  []string
+	matcher   pathMatcher
+	keyRepl   bool
+	keyParts  []keyTemplatePart
+	stats     routeStats
+	purgeURI  bool
+	routeGen  string
+	invalGens []string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -296,6 +327,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.genTTL = time.Duration(h.MaxTTL) + time.Hour
 	h.honorRequestCC = h.RequestCacheControl == "honor"
 	h.flights = newFlightGroup()
+	h.inflight = newInflightBudget(h.InflightBudget)
 
 	metrics, err := provisionMetrics(ctx)
 	if err != nil {
@@ -335,6 +367,9 @@ func (h *Handler) setDefaults() {
 	if h.MaxEntrySize == 0 {
 		h.MaxEntrySize = defaultMaxEntrySize
 	}
+	if h.InflightBudget == 0 {
+		h.InflightBudget = defaultInflightBudget
+	}
 	if h.MaxTTL == 0 {
 		h.MaxTTL = caddy.Duration(defaultMaxTTL)
 	}
@@ -356,6 +391,7 @@ func (h *Handler) setDefaults() {
 }
 
 func (h *Handler) compileRoutes() error {
+	h.strippedHeaders = append(canonicalHeaderNames(slices.Clone(h.StripRequestHeaders)...), defaultStrippedHeaders...)
 	h.routeByName = make(map[string]*Route, len(h.Routes))
 	for i, rt := range h.Routes {
 		if rt == nil {
@@ -368,7 +404,9 @@ func (h *Handler) compileRoutes() error {
 		rt.matcher = m
 		rt.purgeURI = rt.Purge == "uri"
 		rt.keyRepl = rt.Key != ""
-		rt.keyLiteral = strings.TrimSpace(caddy.NewEmptyReplacer().ReplaceAll(rt.Key, ""))
+		if rt.keyParts, err = parseKeyTemplate(rt.Key, rt.KeyOptional); err != nil {
+			return fmt.Errorf("route %q: %v", rt.Name, err)
+		}
 		rt.routeGen = h.routeGenKey(rt.Name)
 		h.routeByName[rt.Name] = rt
 	}
@@ -392,6 +430,14 @@ func (h *Handler) Validate() error {
 	}
 	if h.BreakerFailures < 0 || h.MemoryLimit < 0 || h.MaxEntrySize < 0 || h.LocalCache < 0 {
 		return fmt.Errorf("breaker_failures, memory_limit, local_cache and max_entry_size must not be negative")
+	}
+	if h.InflightBudget < 0 {
+		return fmt.Errorf("inflight_budget %d: must not be negative", h.InflightBudget)
+	}
+	for _, name := range h.StripRequestHeaders {
+		if name == "" || strings.ContainsAny(name, " \t:,") {
+			return fmt.Errorf("strip_request_headers %q: not a header name", name)
+		}
 	}
 	if h.ValidatedCopies < -1 {
 		return fmt.Errorf("validated_copies %d: must be a size in bytes, or -1 for off", h.ValidatedCopies)
@@ -458,6 +504,9 @@ func (rt *Route) validate() error {
 	}
 	if rt.TTL < 0 || rt.StaleWhileRevalidate < 0 || rt.StaleIfError < 0 {
 		return fmt.Errorf("route %q: durations must not be negative", rt.Name)
+	}
+	if _, err := parseKeyTemplate(rt.Key, rt.KeyOptional); err != nil {
+		return fmt.Errorf("route %q: %v", rt.Name, err)
 	}
 	if rt.ForceTTL && rt.TTL <= 0 {
 		return fmt.Errorf("route %q: force_ttl needs a ttl greater than zero", rt.Name)

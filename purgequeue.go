@@ -2,7 +2,6 @@ package rediscache
 
 import (
 	"context"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -200,11 +199,4 @@ func joinFields(lists ...[]string) string {
 		}
 	}
 	return string(out)
-}
-
-// recoverAndLog keeps a panic in a module goroutine from taking Caddy down.
-func recoverAndLog(logger *zap.Logger, what string) {
-	if v := recover(); v != nil {
-		logger.Error("panic in background work; recovered", zap.String("work", what), zap.Any("panic", v), zap.ByteString("stack", debug.Stack()))
-	}
 }

@@ -1,7 +1,6 @@
 package rediscache
 
 import (
-	"bytes"
 	"mime"
 	"net/http"
 	"strconv"
@@ -33,13 +32,16 @@ type captureWriter struct {
 	header http.Header
 	status int
 	mode   captureMode
-	buf    bytes.Buffer
+	body   []byte // the response held for the store; its capacity is reserved
 	plan   storePlan
 
 	// mu guards the mode against streamTimer, which turns a response of
 	// unknown length that is still arriving into a stream.
 	mu          sync.Mutex
 	streamTimer *time.Timer
+	// done is set by finish, under mu: from then on nothing may touch the
+	// client's ResponseWriter, which may belong to a finished request.
+	done bool
 }
 
 // streamWindow is how long a response of unknown length may take to
@@ -63,7 +65,9 @@ type storePlan struct {
 const revalidationWindow = 10 * time.Minute
 
 func newCaptureWriter(w http.ResponseWriter, cr *cacheRequest, fwd string) *captureWriter {
-	return &captureWriter{w: w, cr: cr, fwd: fwd, xcache: resultMiss, start: time.Now(), header: make(http.Header)}
+	cw := &captureWriter{w: w, cr: cr, fwd: fwd, xcache: resultMiss, start: time.Now(), header: make(http.Header)}
+	cr.track(cw)
+	return cw
 }
 
 func (cw *captureWriter) Header() http.Header { return cw.header }
@@ -75,12 +79,11 @@ func (cw *captureWriter) WriteHeader(code int) {
 }
 
 func (cw *captureWriter) writeHeaderLocked(code int) {
-	if cw.mode != modeNone {
+	if cw.mode != modeNone || cw.done {
 		return
 	}
 	if code < 200 {
-		copyHeader(cw.w.Header(), cw.header)
-		cw.w.WriteHeader(code)
+		cw.writeInterim(code)
 		return
 	}
 	cw.status = code
@@ -96,10 +99,17 @@ func (cw *captureWriter) writeHeaderLocked(code int) {
 		n, err := strconv.ParseInt(cw.header.Get("Content-Length"), 10, 64)
 		switch {
 		case err != nil:
-			cw.streamTimer = time.AfterFunc(streamWindow, cw.becomeStream)
+			logger := cw.cr.h.logger
+			cw.streamTimer = time.AfterFunc(streamWindow, func() {
+				defer recoverAndLog(logger, "stream timer")
+				cw.becomeStream()
+			})
 		case n > 0 && n <= cw.cr.h.MaxEntrySize:
-			// One allocation for the body, instead of doubling up to it.
-			cw.buf.Grow(int(n))
+			// One allocation for the body, instead of doubling up to it,
+			// if the in-flight budget has room for all of it.
+			if !cw.growBody(int(n)) {
+				cw.passthrough("budget")
+			}
 		}
 	case cw.cr.stale != nil && isServerError(code) &&
 		cw.cr.withinStale(cw.cr.stale, cw.cr.stale.age(time.Now()), cw.cr.stale.sie):
@@ -141,14 +151,16 @@ func (cw *captureWriter) forwardHeader(w http.ResponseWriter, fwd, reason string
 }
 
 // becomeStream sends a response that is taking too long to complete on to
-// the client, with what has arrived so far.
+// the client, with what has arrived so far. It runs on the timer's own
+// goroutine, possibly after the request ended: done, set under the same
+// lock by finish, keeps it from touching a finished response.
 func (cw *captureWriter) becomeStream() {
 	cw.mu.Lock()
 	defer cw.mu.Unlock()
-	if cw.mode != modeBuffer {
+	if cw.done || cw.mode != modeBuffer {
 		return
 	}
-	cw.spill("streaming")
+	_ = cw.spill("streaming")
 	_ = http.NewResponseController(cw.w).Flush()
 }
 
@@ -156,36 +168,58 @@ func (cw *captureWriter) becomeStream() {
 // already held.
 func (cw *captureWriter) spill(reason string) error {
 	cw.passthrough(reason)
-	_, err := cw.w.Write(cw.buf.Bytes())
-	cw.buf = bytes.Buffer{}
+	_, err := cw.w.Write(cw.body)
+	cw.body = nil
 	return err
 }
 
-// finish stops the stream timer and reports the final mode.
+// finish stops the stream timer and reports the final mode. Once it has
+// returned, no callback touches the client's ResponseWriter: a timer
+// callback that already runs holds mu until it is done, and any later one
+// sees done.
 func (cw *captureWriter) finish() captureMode {
 	cw.mu.Lock()
 	defer cw.mu.Unlock()
+	if cw.done {
+		return cw.mode
+	}
 	if cw.streamTimer != nil {
 		cw.streamTimer.Stop()
 	}
+	if reason := cw.lateUnstorable(); reason != "" && cw.mode == modeBuffer {
+		// Still unsent: it goes to the client as it is, unstored.
+		_ = cw.spill(reason)
+	}
+	cw.done = true
 	return cw.mode
 }
 
 func (cw *captureWriter) Write(p []byte) (int, error) {
 	cw.mu.Lock()
 	defer cw.mu.Unlock()
+	if cw.done {
+		return 0, errResponseFinished
+	}
 	if cw.mode == modeNone {
 		cw.writeHeaderLocked(http.StatusOK)
 	}
 	switch cw.mode {
 	case modeBuffer:
-		if int64(cw.buf.Len()+len(p)) > cw.cr.h.MaxEntrySize {
-			if err := cw.spill("too-large"); err != nil {
+		reason := ""
+		switch {
+		case int64(len(cw.body)+len(p)) > cw.cr.h.MaxEntrySize:
+			reason = "too-large"
+		case !cw.growBody(len(p)):
+			reason = "budget"
+		}
+		if reason != "" {
+			if err := cw.spill(reason); err != nil {
 				return 0, err
 			}
 			return cw.w.Write(p)
 		}
-		return cw.buf.Write(p)
+		cw.body = append(cw.body, p...)
+		return len(p), nil
 	case modeDiscard, modeRevalidated:
 		return len(p), nil
 	default:
@@ -198,7 +232,7 @@ func (cw *captureWriter) Write(p []byte) (int, error) {
 func (cw *captureWriter) Flush() {
 	cw.mu.Lock()
 	defer cw.mu.Unlock()
-	if cw.mode == modePassthrough {
+	if cw.mode == modePassthrough && !cw.done {
 		_ = http.NewResponseController(cw.w).Flush()
 	}
 }
@@ -242,7 +276,7 @@ func (cw *captureWriter) result() *fetched {
 		noCache:    cw.plan.noCache,
 		vary:       res.vary,
 		header:     hdr,
-		body:       cw.buf.Bytes(),
+		body:       cw.body,
 	}
 	return res
 }
@@ -288,6 +322,11 @@ func (h *Handler) cleanForStore(hdr http.Header) {
 	h.stripInternal(hdr)
 	for _, name := range hopByHop {
 		hdr.Del(name)
+	}
+	for name := range hdr {
+		if strings.HasPrefix(name, http.TrailerPrefix) {
+			delete(hdr, name) // trailers are never stored as fields
+		}
 	}
 	hdr.Del("Age")
 	hdr.Del("X-Cache")
@@ -344,7 +383,7 @@ func varyNames(hdr http.Header) []string {
 // naming the reason (a Cache-Status detail) when it may not.
 func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, requestTime time.Time) (storePlan, string) {
 	rt := cr.route
-	if strings.HasPrefix(hdr.Get("Content-Type"), "text/event-stream") || hdr.Get("Incremental") != "" {
+	if isEventStream(hdr) || hasHeader(hdr, "Incremental") {
 		return storePlan{}, "streaming"
 	}
 	if !h.cacheable[status] {
@@ -364,7 +403,7 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 		return storePlan{}, "no-store"
 	case cc.has("private"):
 		return storePlan{}, "private"
-	case hdr.Get("Set-Cookie") != "":
+	case hasHeader(hdr, "Set-Cookie"):
 		return storePlan{}, "set-cookie"
 	case cr.authenticated() && !cc.has("public") && !cc.has("s-maxage") && !cc.has("must-revalidate"):
 		// RFC 9111 §3.5: a shared cache stores answers to requests with
@@ -376,7 +415,7 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 			return storePlan{}, "vary-star"
 		}
 	}
-	if len(rt.ContentTypes) > 0 && !rt.allowsContentType(hdr.Get("Content-Type")) {
+	if len(rt.ContentTypes) > 0 && !rt.allowsContentTypes(hdr.Values("Content-Type")) {
 		return storePlan{}, "content-type"
 	}
 	now := time.Now()
