@@ -45,6 +45,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		purge_header <name>
 //		tags_header <name>
 //		request_cache_control ignore|honor
+//		targeted_cache_control <field...>
 //		coalesce
 //		coalesce_wait <duration>
 //		route <name> <path-pattern> [<ttl>] {
@@ -59,6 +60,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			stale_if_error <duration>
 //			cache_control <value>
 //			content_type <media-type...>
+//			heuristic <percent>|off
 //		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -163,6 +165,14 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 			}
 			h.CacheableStatus = append(h.CacheableStatus, code)
 		}
+	case "targeted_cache_control":
+		if h.TargetedCacheControl, err = listArg(d); err == nil {
+			for _, name := range h.TargetedCacheControl {
+				if !isToken(name) {
+					return d.Errf("targeted_cache_control %q: not a header field name", name)
+				}
+			}
+		}
 	case "purge_header":
 		h.PurgeHeader, err = singleArg(d)
 	case "tags_header":
@@ -261,6 +271,11 @@ func (rt *Route) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		rt.CacheControl, err = singleArg(d)
 	case "content_type":
 		rt.ContentTypes, err = listArg(d)
+	case "heuristic":
+		var arg string
+		if arg, err = singleArg(d); err == nil {
+			rt.Heuristic, err = parseHeuristic(d, arg)
+		}
 	default:
 		return d.Errf("route %q: unknown subdirective %q", rt.Name, name)
 	}
@@ -268,6 +283,18 @@ func (rt *Route) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		return fmt.Errorf("route %q: %w", rt.Name, err)
 	}
 	return nil
+}
+
+// parseHeuristic reads "off" or a percentage such as "10" or "10%".
+func parseHeuristic(d *caddyfile.Dispenser, arg string) (int, error) {
+	if arg == "off" {
+		return -1, nil
+	}
+	n, err := strconv.Atoi(strings.TrimSuffix(arg, "%"))
+	if err != nil || n < 1 || n > 100 {
+		return 0, d.Errf("heuristic %q: must be a percentage from 1 to 100, or off", arg)
+	}
+	return n, nil
 }
 
 func singleArg(d *caddyfile.Dispenser) (string, error) {

@@ -916,43 +916,5 @@ func (h *Handler) logStoreError(op string, err error) {
 	}
 }
 
-// notModified evaluates a client's conditional GET against a stored
-// response (RFC 9110 §13.2.2: If-None-Match wins over If-Modified-Since).
-func notModified(r *http.Request, stored http.Header) bool {
-	if inm := r.Header.Get("If-None-Match"); inm != "" {
-		etag := stored.Get("ETag")
-		if etag == "" {
-			return false
-		}
-		return etagMatches(inm, etag)
-	}
-	ims := r.Header.Get("If-Modified-Since")
-	if ims == "" {
-		return false
-	}
-	since, err := http.ParseTime(ims)
-	if err != nil {
-		return false
-	}
-	lm := stored.Get("Last-Modified")
-	if lm == "" {
-		return false
-	}
-	modified, err := http.ParseTime(lm)
-	return err == nil && !modified.After(since)
-}
-
-// etagMatches implements the weak comparison of If-None-Match.
-func etagMatches(header, etag string) bool {
-	etag = strings.TrimPrefix(etag, "W/")
-	for _, candidate := range strings.Split(header, ",") {
-		candidate = strings.TrimSpace(candidate)
-		if candidate == "*" || strings.TrimPrefix(candidate, "W/") == etag {
-			return true
-		}
-	}
-	return false
-}
-
 // Interface guards
 var _ caddyhttp.MiddlewareHandler = (*Handler)(nil)

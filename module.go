@@ -148,6 +148,14 @@ type Handler struct {
 	// max-stale.
 	RequestCacheControl string `json:"request_cache_control,omitempty"`
 
+	// TargetedCacheControl lists the targeted cache-control fields (RFC
+	// 9213) this cache obeys, in order of precedence. The first one in a
+	// response with a valid, non-empty value replaces Cache-Control and
+	// Expires for this cache; clients still receive every field as the
+	// origin sent it. Default: ["CDN-Cache-Control"]; add
+	// "Surrogate-Control" for origins written for Fastly or Akamai.
+	TargetedCacheControl []string `json:"targeted_cache_control,omitempty"`
+
 	// Routes are tried in order; the first whose path pattern matches the
 	// request handles it.
 	Routes []*Route `json:"routes,omitempty"`
@@ -235,13 +243,20 @@ type Route struct {
 	// deception through paths like /api/me.css.
 	ContentTypes []string `json:"content_types,omitempty"`
 
-	matcher    pathMatcher
-	keyRepl    bool
-	keyLiteral string // the key template with every placeholder empty
-	stats      routeStats
-	purgeURI   bool
-	routeGen   string
-	invalGens  []string
+	// Heuristic is the percentage of the time since Last-Modified that a
+	// response without explicit freshness (and no route ttl) stays fresh,
+	// capped at 24h (RFC 9111 §4.2.2), for the listed statuses that allow
+	// it. Default: 10; -1 turns heuristic freshness off.
+	Heuristic int `json:"heuristic,omitempty"`
+
+	matcher          pathMatcher
+	heuristicPercent int
+	keyRepl          bool
+	keyLiteral       string // the key template with every placeholder empty
+	stats            routeStats
+	purgeURI         bool
+	routeGen         string
+	invalGens        []string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -326,6 +341,9 @@ func (h *Handler) setDefaults() {
 	if h.TagsHeader == "" {
 		h.TagsHeader = defaultTagsHeader
 	}
+	if len(h.TargetedCacheControl) == 0 {
+		h.TargetedCacheControl = defaultTargetedFields
+	}
 }
 
 func (h *Handler) compileRoutes() error {
@@ -340,6 +358,10 @@ func (h *Handler) compileRoutes() error {
 		}
 		rt.matcher = m
 		rt.purgeURI = rt.Purge == "uri"
+		rt.heuristicPercent = rt.Heuristic
+		if rt.Heuristic == 0 {
+			rt.heuristicPercent = defaultHeuristicPercent
+		}
 		rt.keyRepl = rt.Key != ""
 		rt.keyLiteral = strings.TrimSpace(caddy.NewEmptyReplacer().ReplaceAll(rt.Key, ""))
 		rt.routeGen = h.routeGenKey(rt.Name)
@@ -377,6 +399,11 @@ func (h *Handler) Validate() error {
 	for _, code := range h.CacheableStatus {
 		if code < 100 || code > 599 {
 			return fmt.Errorf("status %d: not an HTTP status code", code)
+		}
+	}
+	for _, name := range h.TargetedCacheControl {
+		if !isToken(name) {
+			return fmt.Errorf("targeted_cache_control %q: not a header field name", name)
 		}
 	}
 	for _, m := range h.PurgeOn {
@@ -429,6 +456,9 @@ func (rt *Route) validate() error {
 	}
 	if rt.ForceTTL && rt.TTL <= 0 {
 		return fmt.Errorf("route %q: force_ttl needs a ttl greater than zero", rt.Name)
+	}
+	if rt.Heuristic < -1 || rt.Heuristic > 100 {
+		return fmt.Errorf("route %q: heuristic %d: must be a percentage from 1 to 100, or -1 for off", rt.Name, rt.Heuristic)
 	}
 	switch rt.Purge {
 	case "", "route", "uri":

@@ -347,9 +347,6 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 	if strings.HasPrefix(hdr.Get("Content-Type"), "text/event-stream") || hdr.Get("Incremental") != "" {
 		return storePlan{}, "streaming"
 	}
-	if !h.cacheable[status] {
-		return storePlan{}, "status"
-	}
 	if cr.reqCC.noStore {
 		return storePlan{}, "request-no-store"
 	}
@@ -358,9 +355,17 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 			return storePlan{}, "too-large"
 		}
 	}
-	cc := parseCacheControl(hdr.Values("Cache-Control"))
+	cc, targeted := responseDirectives(hdr, h.TargetedCacheControl)
+	now := time.Now()
+	freshFor, reason := h.freshness(rt, status, cc, targeted, hdr, now)
+	if reason != "" {
+		return storePlan{}, reason
+	}
+	mustUnderstand := cc.has("must-understand") // status understood, checked above
 	switch {
-	case cc.has("no-store"):
+	case cc.has("no-store") && !mustUnderstand:
+		// §5.2.2.3: a cache that understands the status ignores no-store
+		// when must-understand is present.
 		return storePlan{}, "no-store"
 	case cc.has("private"):
 		return storePlan{}, "private"
@@ -379,14 +384,13 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 	if len(rt.ContentTypes) > 0 && !rt.allowsContentType(hdr.Get("Content-Type")) {
 		return storePlan{}, "content-type"
 	}
-	now := time.Now()
-	plan := storePlan{responseTime: now}
+	plan := storePlan{responseTime: now, freshFor: freshFor}
 	plan.initialAge = initialAge(hdr, requestTime, now)
-	plan.freshFor = freshnessLifetime(rt, cc, hdr, now)
 	plan.swr = max(time.Duration(rt.StaleWhileRevalidate), cc.seconds("stale-while-revalidate"))
 	plan.sie = max(time.Duration(rt.StaleIfError), cc.seconds("stale-if-error"))
-	if cc.has("must-revalidate") || cc.has("proxy-revalidate") || (cc.has("s-maxage") && !rt.ForceTTL) {
-		// s-maxage implies proxy-revalidate for a shared cache (§5.2.2.10).
+	if cc.has("must-revalidate") || cc.has("proxy-revalidate") || (cc.has("s-maxage") && !rt.ForceTTL) || isErrorStatus(status) {
+		// s-maxage implies proxy-revalidate for a shared cache
+		// (§5.2.2.10); a stale error is never worth serving.
 		plan.swr, plan.sie = 0, 0
 	}
 	plan.noCache = cc.has("no-cache") && !rt.ForceTTL
@@ -411,6 +415,45 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 	return plan, ""
 }
 
+// freshness is a response's freshness lifetime in this cache, or why its
+// status keeps it out. The origin's explicit freshness makes any status
+// the cache understands storable (RFC 9111 §3); the configured status list
+// only says which statuses get the route's ttl or a heuristic lifetime
+// (§4.2.2) when the origin gives none. A route's ttl never applies to an
+// error, even when forced.
+func (h *Handler) freshness(rt *Route, status int, cc cacheControl, targeted bool, hdr http.Header, now time.Time) (time.Duration, string) {
+	if status < 200 || !understoodStatus(status) {
+		if cc.has("must-understand") {
+			return 0, "must-understand"
+		}
+		return 0, "status"
+	}
+	date, ok := parseHTTPDate(hdr.Get("Date"))
+	if !ok {
+		date = now
+	}
+	expires := hdr.Values("Expires")
+	if targeted {
+		expires = nil // RFC 9213 §2.2
+	}
+	lifetime, explicit := explicitFreshness(cc, expires, date)
+	listed := h.cacheable[status]
+	switch {
+	case rt.ForceTTL && !isErrorStatus(status) && listed:
+		return time.Duration(rt.TTL), ""
+	case explicit:
+		return lifetime, ""
+	case !listed:
+		return 0, "status"
+	case rt.TTL > 0 && !isErrorStatus(status):
+		return time.Duration(rt.TTL), ""
+	}
+	if lm, ok := parseHTTPDate(hdr.Get("Last-Modified")); ok && heuristicallyCacheable(status) && rt.heuristicPercent > 0 {
+		return heuristicFreshness(lm, date, rt.heuristicPercent, heuristicLimit), ""
+	}
+	return 0, ""
+}
+
 func (rt *Route) allowsContentType(ct string) bool {
 	mt, _, err := mime.ParseMediaType(ct)
 	if err != nil {
@@ -422,107 +465,6 @@ func (rt *Route) allowsContentType(ct string) bool {
 		}
 	}
 	return false
-}
-
-// freshnessLifetime follows RFC 9111 §4.2.1 for a shared cache, with the
-// route's TTL as the default when the origin says nothing, or as the rule
-// when the route forces it.
-func freshnessLifetime(rt *Route, cc cacheControl, hdr http.Header, now time.Time) time.Duration {
-	if rt.ForceTTL {
-		return time.Duration(rt.TTL)
-	}
-	if v, ok := cc.get("s-maxage"); ok {
-		return parseSeconds(v)
-	}
-	if v, ok := cc.get("max-age"); ok {
-		return parseSeconds(v)
-	}
-	if exp := hdr.Get("Expires"); exp != "" {
-		t, err := http.ParseTime(exp)
-		if err != nil {
-			return 0 // an invalid Expires means already expired
-		}
-		date := now
-		if d, err := http.ParseTime(hdr.Get("Date")); err == nil {
-			date = d
-		}
-		return t.Sub(date)
-	}
-	return time.Duration(rt.TTL)
-}
-
-// initialAge is RFC 9111 §4.2.3's corrected_initial_age.
-func initialAge(hdr http.Header, requestTime, responseTime time.Time) time.Duration {
-	var apparent time.Duration
-	if date := hdr.Get("Date"); date != "" {
-		if d, err := http.ParseTime(date); err == nil {
-			// Date has one-second resolution: compare at that resolution,
-			// or every response would look up to a second old on arrival.
-			apparent = max(0, responseTime.Truncate(time.Second).Sub(d))
-		}
-	}
-	var ageValue time.Duration
-	if a := hdr.Get("Age"); a != "" {
-		ageValue = parseSeconds(a)
-	}
-	corrected := ageValue + responseTime.Sub(requestTime)
-	return max(apparent, corrected)
-}
-
-// parseSeconds reads a delta-seconds value; anything invalid is zero and an
-// overflow saturates (RFC 9111 §1.2.2).
-func parseSeconds(v string) time.Duration {
-	v = strings.Trim(strings.TrimSpace(v), `"`)
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil {
-		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange && !strings.HasPrefix(v, "-") {
-			return time.Duration(1<<31-1) * time.Second
-		}
-		return 0
-	}
-	if n < 0 {
-		return 0
-	}
-	if n > 1<<31-1 {
-		n = 1<<31 - 1
-	}
-	return time.Duration(n) * time.Second
-}
-
-// cacheControl is a parsed Cache-Control field: directive names in lower
-// case, with their argument if any.
-type cacheControl map[string]string
-
-func parseCacheControl(values []string) cacheControl {
-	cc := cacheControl{}
-	for _, v := range values {
-		for _, part := range strings.Split(v, ",") {
-			part = strings.TrimSpace(part)
-			if part == "" {
-				continue
-			}
-			name, arg, _ := strings.Cut(part, "=")
-			name = strings.ToLower(strings.TrimSpace(name))
-			if _, dup := cc[name]; !dup {
-				cc[name] = strings.TrimSpace(arg)
-			}
-		}
-	}
-	return cc
-}
-
-func (cc cacheControl) has(name string) bool { _, ok := cc[name]; return ok }
-
-func (cc cacheControl) get(name string) (string, bool) {
-	v, ok := cc[name]
-	return v, ok
-}
-
-func (cc cacheControl) seconds(name string) time.Duration {
-	if v, ok := cc[name]; ok {
-		return parseSeconds(v)
-	}
-	return 0
 }
 
 // stampWriter marks a response that went to the upstream without the cache
@@ -647,7 +589,7 @@ func (d requestDirectives) acceptsFresh(e *entry, now time.Time) bool {
 // acceptsStale reports whether the client's max-stale lets a stale e be
 // served without revalidation.
 func (d requestDirectives) acceptsStale(e *entry, now time.Time) bool {
-	if d.maxStale < 0 || e.noCache || e.mustRevalidate() {
+	if d.maxStale < 0 || e.noCache || e.mustRevalidate() || isErrorStatus(e.status) {
 		return false
 	}
 	return e.age(now)-e.freshFor <= d.maxStale

@@ -370,8 +370,10 @@ func TestRFCFreshnessAndStorage(t *testing.T) {
 		{path: "/fresh/vary-star", headers: []string{"Cache-Control: max-age=600", "Vary: *"}, detail: "vary-star"},
 		{path: "/fresh/vary-star-listed", headers: []string{"Vary: Accept-Encoding, *"}, detail: "vary-star"},
 		{path: "/fresh/set-cookie", headers: []string{"Cache-Control: max-age=600", "Set-Cookie: sid=secret"}, detail: "set-cookie"},
-		{path: "/fresh/500", status: 500, headers: []string{"Cache-Control: max-age=600"}, detail: "status"},
-		{path: "/fresh/302", status: 302, headers: []string{"Location: /elsewhere", "Cache-Control: max-age=600"}, detail: "status"},
+		// Unlisted statuses: the route ttl never applies (RFC 9111 §3
+		// lets explicit freshness store them; see TestRFCStorableStatuses).
+		{path: "/fresh/500", status: 500, detail: "status"},
+		{path: "/fresh/302", status: 302, headers: []string{"Location: /elsewhere"}, detail: "status"},
 		{path: "/fresh/201", status: 201, detail: "status"},
 		{path: "/fresh/400", status: 400, detail: "status"},
 		{path: "/fresh/403", status: 403, detail: "status"},
@@ -1703,4 +1705,118 @@ func TestRFCConcurrentUsers(t *testing.T) {
 			t.Errorf("anonymous client got %d HITs", tl.hits)
 		}
 	}
+}
+
+// ---------------------------------------------------------------------------
+// Issue 13: targeted fields, Age and Expires parsing
+// ---------------------------------------------------------------------------
+
+// rfcStorageCase is one origin answer and whether the cache stores it.
+type rfcStorageCase struct {
+	path    string
+	status  int
+	headers []string
+	stored  bool
+	maxTTL  int // stored: the HIT's ttl may not exceed this (0: no check)
+	minTTL  int // stored: nor fall below this
+}
+
+// rfcCheckStorage asks for each case's path twice: a stored answer is a
+// MISS then a HIT with the same body and one upstream call; any other is
+// two MISSes that are not stored.
+func rfcCheckStorage(t *testing.T, e *rfcEnv, cases []rfcStorageCase) {
+	t.Helper()
+	for _, tc := range cases {
+		if tc.status == 0 {
+			tc.status = 200
+		}
+		e.u.Handle(tc.path, rfcRespond(tc.status, tc.headers...))
+	}
+	for _, tc := range cases {
+		tc := tc
+		if tc.status == 0 {
+			tc.status = 200
+		}
+		t.Run(strings.TrimPrefix(tc.path, "/"), func(t *testing.T) {
+			r1, b1 := e.get(t, tc.path)
+			if !tc.stored {
+				rfcWant(t, "first", r1, b1, tc.status, "MISS", "!stored")
+				r2, b2 := e.get(t, tc.path)
+				rfcWant(t, "second", r2, b2, tc.status, "MISS", "!stored")
+				rfcCalls(t, "not stored", e.u, "GET", tc.path, 2)
+				return
+			}
+			rfcWant(t, "first", r1, b1, tc.status, "MISS", "stored")
+			r2, b2 := e.get(t, tc.path)
+			rfcWant(t, "second", r2, b2, tc.status, "HIT", "hit")
+			if b2 != b1 {
+				t.Fatalf("HIT body %q, want the stored %q", b2, b1)
+			}
+			if ttl := rfcTTL(t, "second", r2); (tc.maxTTL > 0 && ttl > tc.maxTTL) || ttl < tc.minTTL {
+				t.Fatalf("HIT ttl=%d, want between %d and %d (headers %v)", ttl, tc.minTTL, tc.maxTTL, tc.headers)
+			}
+			rfcCalls(t, "MISS then HIT", e.u, "GET", tc.path, 1)
+		})
+	}
+}
+
+// TestRFCTargetedCacheControl covers RFC 9213: CDN-Cache-Control, when
+// valid, replaces Cache-Control and Expires for this cache in both
+// directions; an invalid field (not a Structured Field Dictionary) is
+// ignored as a whole; the field is passed on downstream.
+func TestRFCTargetedCacheControl(t *testing.T) {
+	e := rfcStart(t, "rfctc", `
+		route origin /o/*`)
+	rfcCheckStorage(t, e, []rfcStorageCase{
+		{path: "/o/cdn-private", headers: []string{"CDN-Cache-Control: private", "Cache-Control: max-age=10000", "Expires: @now+10000", "Date: @now"}},
+		{path: "/o/cdn-no-cache", headers: []string{"CDN-Cache-Control: no-cache", "Cache-Control: max-age=10000", "Expires: @now+10000", "Date: @now"}},
+		{path: "/o/cdn-no-store", headers: []string{"CDN-Cache-Control: no-store", "Cache-Control: max-age=10000", "Expires: @now+10000", "Date: @now"}},
+		{path: "/o/cdn-max-age-0", headers: []string{"CDN-Cache-Control: max-age=0", "Expires: @now+10000", "Date: @now"}},
+		{path: "/o/cdn-short-beats-cc", headers: []string{"CDN-Cache-Control: max-age=20", "Cache-Control: max-age=3600"}, stored: true, maxTTL: 20},
+		{path: "/o/cdn-fresh-cc-no-store", headers: []string{"CDN-Cache-Control: max-age=10000", "Cache-Control: no-store"}, stored: true, maxTTL: 10000, minTTL: 9990},
+		{path: "/o/cdn-fresh-past-expires", headers: []string{"CDN-Cache-Control: max-age=3600", "Expires: @now-10000", "Date: @now"}, stored: true, minTTL: 3590},
+		{path: "/o/cdn-fresh-invalid-expires", headers: []string{"CDN-Cache-Control: max-age=3600", "Expires: 0", "Date: @now"}, stored: true, minTTL: 3590},
+		{path: "/o/cdn-extension", headers: []string{"CDN-Cache-Control: foobar, max-age=3600"}, stored: true, minTTL: 3590},
+		// Not a Structured Field Dictionary: the field is ignored and
+		// Cache-Control decides.
+		{path: "/o/cdn-invalid-sf", headers: []string{"CDN-Cache-Control: max-age=10000, &&&&&", "Cache-Control: no-store"}},
+		{path: "/o/cdn-wrong-type", headers: []string{`CDN-Cache-Control: max-age="10000"`, "Cache-Control: no-store"}},
+		{path: "/o/cdn-space-before-equals", headers: []string{"CDN-Cache-Control: max-age =10000", "Cache-Control: max-age=30"}, stored: true, maxTTL: 30},
+		{path: "/o/cdn-space-after-equals", headers: []string{"CDN-Cache-Control: max-age= 10000", "Cache-Control: max-age=30"}, stored: true, maxTTL: 30},
+	})
+	t.Run("the field is passed on downstream", func(t *testing.T) {
+		const p = "/o/cdn-forwarded"
+		e.u.Handle(p, rfcRespond(200, "CDN-Cache-Control: max-age=600"))
+		for _, want := range []string{"MISS", "HIT"} {
+			r, b := e.get(t, p)
+			rfcWant(t, want, r, b, 200, want)
+			if got := r.Header.Get("CDN-Cache-Control"); got != "max-age=600" {
+				t.Fatalf("%s: CDN-Cache-Control %q, want the origin's max-age=600", want, got)
+			}
+		}
+	})
+}
+
+// TestRFCAgeAndExpiresParsing covers RFC 9111 §5.1 (a list-valued Age: the
+// first member counts; an invalid one is ignored) and §5.3 (an invalid
+// Expires, or several Expires lines, means already expired; dates follow
+// RFC 9110 §5.6.7 strictly, except that a lower-case "gmt" is accepted).
+func TestRFCAgeAndExpiresParsing(t *testing.T) {
+	e := rfcStart(t, "rfcae", `
+		route origin /o/*`)
+	rfcCheckStorage(t, e, []rfcStorageCase{
+		{path: "/o/age-list-old-first", headers: []string{"Cache-Control: max-age=3600", "Date: @now", "Age: 7200, 0"}},
+		{path: "/o/age-list-old-first-nospace", headers: []string{"Cache-Control: max-age=3600", "Date: @now", "Age: 7200,0"}},
+		{path: "/o/age-two-lines-old-first", headers: []string{"Cache-Control: max-age=3600", "Date: @now", "Age: 7200", "Age: 0"}},
+		{path: "/o/age-list-young-first", headers: []string{"Cache-Control: max-age=3600", "Date: @now", "Age: 0, 7200"}, stored: true, minTTL: 3590},
+		{path: "/o/age-invalid-first", headers: []string{"Cache-Control: max-age=3600", "Date: @now", "Age: old, 7200"}, stored: true, minTTL: 3590},
+		{path: "/o/age-suffix", headers: []string{"Cache-Control: max-age=3600", "Date: @now", "Age: 7200a"}, stored: true, minTTL: 3590},
+		{path: "/o/expires-one-digit-hour", headers: []string{"Expires: Thu, 18 Aug 2050 2:01:18 GMT", "Date: @now"}},
+		{path: "/o/expires-double-spaces", headers: []string{"Expires: Thu, 18  Aug  2050 02:01:18 GMT", "Date: @now"}},
+		{path: "/o/expires-two-lines", headers: []string{"Expires: @now+3600", "Expires: @now+7200", "Date: @now"}},
+		{path: "/o/expires-utc", headers: []string{"Expires: Thu, 18 Aug 2050 02:01:18 UTC", "Date: @now"}},
+		{path: "/o/expires-lower-gmt", headers: []string{"Expires: Thu, 18 Aug 2050 02:01:18 gmt", "Date: @now"}, stored: true, minTTL: 3600},
+		{path: "/o/expires-rfc850", headers: []string{"Expires: Thursday, 18-Aug-50 02:01:18 GMT", "Date: @now"}, stored: true, minTTL: 3600},
+		{path: "/o/expires-asctime", headers: []string{"Expires: Thu Aug 18 02:01:18 2050", "Date: @now"}, stored: true, minTTL: 3600},
+	})
 }

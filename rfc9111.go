@@ -1,0 +1,543 @@
+package rediscache
+
+// The rules of HTTP caching that this cache applies, as small pure
+// functions: RFC 9111 (caching), RFC 9213 (targeted cache control) and the
+// parts of RFC 9110 (dates, validators, conditional requests) a cache
+// needs. Nothing here touches a request's path through the handler; the
+// handler asks these functions and acts on the answer.
+
+import (
+	"net/http"
+	"strings"
+	"time"
+)
+
+// maxDeltaSeconds is the largest delta-seconds value a cache must handle;
+// anything larger counts as this (RFC 9111 §1.2.2).
+const maxDeltaSeconds = 1<<31 - 1
+
+// Heuristic freshness (RFC 9111 §4.2.2) defaults: 10% of the time since
+// Last-Modified, as Apache Traffic Server and httpd use, capped at a day.
+const (
+	defaultHeuristicPercent = 10
+	heuristicLimit          = 24 * time.Hour
+)
+
+// ---------------------------------------------------------------------------
+// Cache-Control (RFC 9111 §5.2)
+// ---------------------------------------------------------------------------
+
+// cacheControl is a set of parsed cache directives: names in lower case,
+// with their argument (unquoted) if any.
+type cacheControl map[string]string
+
+func (cc cacheControl) has(name string) bool { _, ok := cc[name]; return ok }
+
+func (cc cacheControl) get(name string) (string, bool) {
+	v, ok := cc[name]
+	return v, ok
+}
+
+func (cc cacheControl) seconds(name string) time.Duration {
+	if v, ok := cc[name]; ok {
+		return parseSeconds(v)
+	}
+	return 0
+}
+
+// parseCacheControl parses Cache-Control field lines (RFC 9111 §5.2):
+// cache-directive = token [ "=" ( token / quoted-string ) ]. A member that
+// does not follow that grammar (such as "max-age = 5") is ignored. When a
+// directive repeats with different arguments, the most conservative one
+// counts (§4.2.1 allows the first or "stale"; the smaller lifetime is
+// between the two).
+func parseCacheControl(values []string) cacheControl {
+	cc := cacheControl{}
+	for _, v := range values {
+		for _, member := range splitQuotedList(v) {
+			name, arg, ok := parseDirective(member)
+			if !ok {
+				continue
+			}
+			if prev, dup := cc[name]; dup {
+				arg = conservativeArg(name, prev, arg)
+			}
+			cc[name] = arg
+		}
+	}
+	return cc
+}
+
+// splitQuotedList splits a field value at the commas that are not inside a
+// quoted-string (RFC 9110 §5.6.1, §5.6.4), trimming whitespace.
+func splitQuotedList(v string) []string {
+	var out []string
+	start, quoted := 0, false
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case c == '\\' && quoted:
+			i++
+		case c == '"':
+			quoted = !quoted
+		case c == ',' && !quoted:
+			out = appendTrimmed(out, v[start:i])
+			start = i + 1
+		}
+	}
+	return appendTrimmed(out, v[start:])
+}
+
+func appendTrimmed(out []string, s string) []string {
+	if s = strings.Trim(s, " \t"); s != "" {
+		out = append(out, s)
+	}
+	return out
+}
+
+// parseDirective reads one cache-directive, lower-casing its name and
+// unquoting its argument.
+func parseDirective(member string) (name, arg string, ok bool) {
+	name, arg, hasArg := strings.Cut(member, "=")
+	if !isToken(name) {
+		return "", "", false
+	}
+	name = strings.ToLower(name)
+	if !hasArg {
+		return name, "", true
+	}
+	if isToken(arg) {
+		return name, arg, true
+	}
+	if unq, ok := unquote(arg); ok {
+		return name, unq, true
+	}
+	return "", "", false
+}
+
+// conservativeArg chooses between two arguments of a repeated directive:
+// the shorter lifetime or staleness allowance, the longer min-fresh.
+func conservativeArg(name, a, b string) string {
+	switch name {
+	case "max-age", "s-maxage", "stale-while-revalidate", "stale-if-error", "max-stale":
+		if parseSeconds(b) < parseSeconds(a) {
+			return b
+		}
+		return a
+	case "min-fresh":
+		if parseSeconds(b) > parseSeconds(a) {
+			return b
+		}
+		return a
+	}
+	return a
+}
+
+// isToken reports whether s is a non-empty token (RFC 9110 §5.6.2).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isTchar(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func isTchar(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
+// unquote reads a quoted-string (RFC 9110 §5.6.4) that is all of s.
+func unquote(s string) (string, bool) {
+	if len(s) < 2 || s[0] != '"' || s[len(s)-1] != '"' {
+		return "", false
+	}
+	var b strings.Builder
+	for i := 1; i < len(s)-1; i++ {
+		c := s[i]
+		switch {
+		case c == '\\' && i+1 < len(s)-1:
+			i++
+			b.WriteByte(s[i])
+		case c == '"' || c == '\\':
+			return "", false
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String(), true
+}
+
+// parseSeconds reads a directive's delta-seconds argument; anything invalid
+// is zero (so a lifetime is stale), an overflow saturates (§1.2.2).
+func parseSeconds(v string) time.Duration {
+	if unq, ok := unquote(v); ok {
+		v = unq
+	}
+	n, ok := parseDeltaSeconds(strings.TrimSpace(v))
+	if !ok {
+		return 0
+	}
+	return n
+}
+
+// parseDeltaSeconds reads delta-seconds = 1*DIGIT strictly (RFC 9111
+// §1.2.2), saturating at 2^31-1 seconds.
+func parseDeltaSeconds(v string) (time.Duration, bool) {
+	if v == "" {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		if n <= maxDeltaSeconds {
+			n = n*10 + int64(c-'0')
+		}
+	}
+	return time.Duration(min(n, maxDeltaSeconds)) * time.Second, true
+}
+
+// ---------------------------------------------------------------------------
+// Targeted fields (RFC 9213)
+// ---------------------------------------------------------------------------
+
+// defaultTargetedFields is the targeted field list of a cache that is a CDN
+// to its origin (RFC 9213 §3).
+var defaultTargetedFields = []string{"CDN-Cache-Control"}
+
+// responseDirectives returns the directives that govern this cache's use
+// of a response: those of the first targeted field, in the configured
+// order, whose value is valid and non-empty, else Cache-Control (RFC 9213
+// §2.2). targeted reports the former, in which case Expires is ignored
+// too.
+func responseDirectives(hdr http.Header, targets []string) (cc cacheControl, targeted bool) {
+	for _, name := range targets {
+		if values := hdr.Values(name); len(values) > 0 {
+			if cc, ok := parseTargeted(values); ok {
+				return cc, true
+			}
+		}
+	}
+	return parseCacheControl(hdr.Values("Cache-Control")), false
+}
+
+// parseTargeted reads a targeted field, a Structured Field Dictionary (RFC
+// 9213 §2.1, RFC 8941 §3.2). ok is false when it is empty or fails to
+// parse, and the field is then ignored as a whole. A directive whose value
+// has the wrong type (max-age="10") is ignored on its own.
+func parseTargeted(values []string) (cacheControl, bool) {
+	members, ok := parseSFDictionary(strings.Join(values, ", "))
+	if !ok || len(members) == 0 {
+		return nil, false
+	}
+	cc := cacheControl{}
+	for _, m := range members {
+		switch m.name {
+		case "max-age", "s-maxage", "stale-while-revalidate", "stale-if-error":
+			if m.kind == sfInteger && !strings.HasPrefix(m.value, "-") {
+				cc[m.name] = m.value
+			}
+		default:
+			// Boolean directives; no-cache and private may name fields
+			// in an Inner List (qualified forms), read as unqualified.
+			if (m.kind == sfBoolean && m.value == "1") || m.kind == sfInnerList {
+				cc[m.name] = ""
+			}
+		}
+	}
+	return cc, true
+}
+
+// ---------------------------------------------------------------------------
+// Age (RFC 9111 §5.1) and freshness (§4.2)
+// ---------------------------------------------------------------------------
+
+// ageValue reads the Age field: from a list, only the first member counts;
+// an invalid value is ignored (RFC 9111 §5.1).
+func ageValue(values []string) time.Duration {
+	if len(values) == 0 {
+		return 0
+	}
+	first, _, _ := strings.Cut(values[0], ",")
+	n, ok := parseDeltaSeconds(strings.Trim(first, " \t"))
+	if !ok {
+		return 0
+	}
+	return n
+}
+
+// initialAge is RFC 9111 §4.2.3's corrected_initial_age.
+func initialAge(hdr http.Header, requestTime, responseTime time.Time) time.Duration {
+	var apparent time.Duration
+	if d, ok := parseHTTPDate(hdr.Get("Date")); ok {
+		// Date has one-second resolution: compare at that resolution,
+		// or every response would look up to a second old on arrival.
+		apparent = max(0, responseTime.Truncate(time.Second).Sub(d))
+	}
+	corrected := ageValue(hdr.Values("Age")) + responseTime.Sub(requestTime)
+	return max(apparent, corrected)
+}
+
+// explicitFreshness is the freshness lifetime the origin gave a shared
+// cache (RFC 9111 §4.2.1): s-maxage, else max-age, else Expires minus
+// Date. explicit is false when it gave none. An invalid Expires is a
+// lifetime of zero (§5.3). expires is nil when a targeted field decided.
+func explicitFreshness(cc cacheControl, expires []string, date time.Time) (lifetime time.Duration, explicit bool) {
+	if v, ok := cc.get("s-maxage"); ok {
+		return parseSeconds(v), true
+	}
+	if v, ok := cc.get("max-age"); ok {
+		return parseSeconds(v), true
+	}
+	if len(expires) == 0 {
+		return 0, false
+	}
+	exp, ok := expiresTime(expires)
+	if !ok {
+		return 0, true
+	}
+	return max(0, exp.Sub(date)), true
+}
+
+// expiresTime reads the Expires field (RFC 9111 §5.3). Several field lines
+// make it invalid, as does anything but an HTTP-date.
+func expiresTime(values []string) (time.Time, bool) {
+	if len(values) != 1 {
+		return time.Time{}, false
+	}
+	return parseHTTPDate(values[0])
+}
+
+// heuristicallyCacheable reports whether a status may get a heuristic
+// freshness lifetime (RFC 9110 §15.1).
+func heuristicallyCacheable(status int) bool {
+	switch status {
+	case 200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501:
+		return true
+	}
+	return false
+}
+
+// heuristicFreshness is a fraction (percent) of the time between
+// Last-Modified and Date, capped at limit (RFC 9111 §4.2.2).
+func heuristicFreshness(lastModified, date time.Time, percent int, limit time.Duration) time.Duration {
+	since := date.Sub(lastModified)
+	if since <= 0 || percent <= 0 {
+		return 0
+	}
+	return min(since/100*time.Duration(percent), limit)
+}
+
+// understoodStatus reports whether this cache knows a final status code's
+// semantics (RFC 9110 §15), which storing it requires when the response
+// says must-understand (RFC 9111 §3, §5.2.2.3), and which makes an error or
+// redirect with explicit freshness storable. 206 and 304 are not stored:
+// only complete responses are.
+func understoodStatus(status int) bool {
+	switch {
+	case status >= 200 && status <= 205,
+		status >= 300 && status <= 303, status == 305, status == 307, status == 308,
+		status >= 400 && status <= 417, status == 421, status == 422,
+		status == 426, status == 428, status == 429, status == 431, status == 451,
+		status >= 500 && status <= 505, status == 511:
+		return true
+	}
+	return false
+}
+
+// isErrorStatus reports whether a status is a server error, to which a
+// route's ttl never applies and which is never served stale. Client errors
+// such as 404 and 410 are the negative caching operators list in status.
+func isErrorStatus(status int) bool { return status >= 500 }
+
+// ---------------------------------------------------------------------------
+// Conditional requests (RFC 9110 §13)
+// ---------------------------------------------------------------------------
+
+// notModified evaluates a client's conditional GET against a stored
+// response (RFC 9110 §13.2.2: If-None-Match wins over If-Modified-Since,
+// which compares with Last-Modified, or Date when there is none, §13.1.3).
+func notModified(r *http.Request, stored http.Header) bool {
+	if inm := r.Header.Values("If-None-Match"); len(inm) > 0 {
+		return etagMatches(strings.Join(inm, ", "), stored.Get("ETag"))
+	}
+	since, ok := parseHTTPDate(r.Header.Get("If-Modified-Since"))
+	if !ok {
+		return false
+	}
+	lm := stored.Get("Last-Modified")
+	if lm == "" {
+		lm = stored.Get("Date")
+	}
+	modified, ok := parseHTTPDate(lm)
+	return ok && !modified.After(since)
+}
+
+// etagMatches is If-None-Match's weak comparison (RFC 9110 §8.8.3.2,
+// §13.1.2) of a list of entity tags, or "*", against a stored ETag. An
+// unquoted or malformed tag never matches.
+func etagMatches(header, etag string) bool {
+	stored, _, ok := parseEntityTag(etag)
+	for _, candidate := range splitQuotedList(header) {
+		if candidate == "*" {
+			return etag != ""
+		}
+		if tag, _, valid := parseEntityTag(candidate); ok && valid && tag == stored {
+			return true
+		}
+	}
+	return false
+}
+
+// strongMatch is the strong comparison (RFC 9110 §8.8.3.2): both tags
+// strong and identical.
+func strongMatch(a, b string) bool {
+	ta, weakA, okA := parseEntityTag(a)
+	tb, weakB, okB := parseEntityTag(b)
+	return okA && okB && !weakA && !weakB && ta == tb
+}
+
+// parseEntityTag reads entity-tag = [ "W/" ] DQUOTE *etagc DQUOTE (RFC
+// 9110 §8.8.3), returning its opaque tag with the quotes.
+func parseEntityTag(s string) (tag string, weak, ok bool) {
+	s = strings.Trim(s, " \t")
+	if rest, w := strings.CutPrefix(s, "W/"); w {
+		s, weak = rest, true
+	}
+	if len(s) < 2 || s[0] != '"' || s[len(s)-1] != '"' || strings.Contains(s[1:len(s)-1], `"`) {
+		return "", false, false
+	}
+	return s, weak, true
+}
+
+// ---------------------------------------------------------------------------
+// HTTP dates (RFC 9110 §5.6.7)
+// ---------------------------------------------------------------------------
+
+var (
+	dayNames   = []string{"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"}
+	longDays   = []string{"Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday"}
+	monthNames = []string{"Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"}
+)
+
+// parseHTTPDate reads an HTTP-date strictly: IMF-fixdate, or the obsolete
+// rfc850-date and asctime-date. Unlike http.ParseTime it refuses one-digit
+// hours, repeated spaces and other near misses, which a cache must treat
+// as invalid (an Expires in the past, RFC 9111 §5.3). The one leniency is
+// a lower-case "gmt", which some origins send.
+func parseHTTPDate(s string) (time.Time, bool) {
+	switch {
+	case len(s) == 29 && s[3] == ',':
+		return parseIMFFixdate(s)
+	case len(s) == 24 && s[3] == ' ':
+		return parseASCTime(s)
+	default:
+		return parseRFC850(s)
+	}
+}
+
+// parseIMFFixdate reads "Sun, 06 Nov 1994 08:49:37 GMT".
+func parseIMFFixdate(s string) (time.Time, bool) {
+	if !oneOf(s[:3], dayNames) || s[3:5] != ", " || s[7] != ' ' || s[11] != ' ' || s[16] != ' ' || s[25] != ' ' || !isGMT(s[26:]) {
+		return time.Time{}, false
+	}
+	day, ok1 := digits(s[5:7])
+	year, ok2 := digits(s[12:16])
+	if !ok1 || !ok2 {
+		return time.Time{}, false
+	}
+	return buildDate(year, s[8:11], day, s[17:25])
+}
+
+// parseRFC850 reads "Sunday, 06-Nov-94 08:49:37 GMT".
+func parseRFC850(s string) (time.Time, bool) {
+	name, rest, ok := strings.Cut(s, ", ")
+	if !ok || !oneOf(name, longDays) || len(rest) != 22 || rest[2] != '-' || rest[6] != '-' || rest[9] != ' ' || rest[18] != ' ' || !isGMT(rest[19:]) {
+		return time.Time{}, false
+	}
+	day, ok1 := digits(rest[:2])
+	yy, ok2 := digits(rest[7:9])
+	if !ok1 || !ok2 {
+		return time.Time{}, false
+	}
+	// A two-digit year more than 50 years ahead is in the past century.
+	year := time.Now().Year()/100*100 + yy
+	if year > time.Now().Year()+50 {
+		year -= 100
+	}
+	return buildDate(year, rest[3:6], day, rest[10:18])
+}
+
+// parseASCTime reads "Sun Nov  6 08:49:37 1994".
+func parseASCTime(s string) (time.Time, bool) {
+	if !oneOf(s[:3], dayNames) || s[7] != ' ' || s[10] != ' ' || s[19] != ' ' {
+		return time.Time{}, false
+	}
+	dd := s[8:10]
+	if dd[0] == ' ' {
+		dd = "0" + dd[1:]
+	}
+	day, ok1 := digits(dd)
+	year, ok2 := digits(s[20:])
+	if !ok1 || !ok2 {
+		return time.Time{}, false
+	}
+	return buildDate(year, s[4:7], day, s[11:19])
+}
+
+// buildDate checks and assembles the parts of an HTTP-date; hh:mm:ss must
+// have two digits each, and the day must exist in its month.
+func buildDate(year int, month string, day int, clock string) (time.Time, bool) {
+	m := indexOf(month, monthNames)
+	if m < 0 || len(clock) != 8 || clock[2] != ':' || clock[5] != ':' {
+		return time.Time{}, false
+	}
+	hh, ok1 := digits(clock[:2])
+	mm, ok2 := digits(clock[3:5])
+	ss, ok3 := digits(clock[6:])
+	if !ok1 || !ok2 || !ok3 || hh > 23 || mm > 59 || ss > 60 || day < 1 {
+		return time.Time{}, false
+	}
+	t := time.Date(year, time.Month(m+1), day, hh, mm, min(ss, 59), 0, time.UTC)
+	if t.Day() != day {
+		return time.Time{}, false // 31 Feb
+	}
+	return t, true
+}
+
+func isGMT(s string) bool { return s == "GMT" || s == "gmt" }
+
+func oneOf(s string, names []string) bool { return indexOf(s, names) >= 0 }
+
+func indexOf(s string, names []string) int {
+	for i, n := range names {
+		if s == n {
+			return i
+		}
+	}
+	return -1
+}
+
+// digits reads a fixed-width run of ASCII digits.
+func digits(s string) (int, bool) {
+	if s == "" {
+		return 0, false
+	}
+	n := 0
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+		n = n*10 + int(s[i]-'0')
+	}
+	return n, true
+}
