@@ -96,7 +96,7 @@ func (h *Handler) uncacheableRequest(r *http.Request, rt *Route, canonical bool)
 		return "non-canonical-path"
 	case r.ContentLength > 0 || len(r.TransferEncoding) > 0:
 		return "request-body"
-	case r.Header.Get("Range") != "":
+	case r.Header.Get("Range") != "" && !isBytesRange(r.Header.Get("Range")):
 		return "range"
 	case r.Header.Get("Upgrade") != "":
 		// WebSocket and other upgrades need the connection itself.
@@ -431,6 +431,9 @@ func (cr *cacheRequest) serveEntryAs(w http.ResponseWriter, e *entry, xcache, st
 		w.WriteHeader(http.StatusNotModified)
 		return nil
 	}
+	if cr.serveRange(w, e) {
+		return nil
+	}
 	hdr.Set("Content-Length", strconv.Itoa(len(e.body)))
 	w.WriteHeader(e.status)
 	if cr.r.Method != http.MethodHead && len(e.body) > 0 {
@@ -737,18 +740,19 @@ func (h *Handler) count(rt *Route, xcache string) {
 }
 
 // upstreamRequest is the request sent upstream on a miss: HEAD becomes
-// GET so the answer can be stored, and client validators are dropped so the
-// upstream answers in full; the client still gets its 304 from us.
+// GET so the answer can be stored, and client validators and Range are
+// dropped so the upstream answers in full; the client still gets its 304
+// or its range from us.
 func (cr *cacheRequest) upstreamRequest() *http.Request {
 	r := cr.r
 	etag, lastModified := cr.staleValidators()
 	if r.Method == http.MethodGet && etag == "" && lastModified == "" &&
-		r.Header.Get("If-None-Match") == "" && r.Header.Get("If-Modified-Since") == "" {
+		r.Header.Get("If-None-Match") == "" && r.Header.Get("If-Modified-Since") == "" && r.Header.Get("Range") == "" {
 		return r
 	}
 	up := r.Clone(r.Context())
 	up.Method = http.MethodGet
-	for _, name := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range"} {
+	for _, name := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range"} {
 		up.Header.Del(name)
 	}
 	if etag != "" {

@@ -541,3 +541,119 @@ func digits(s string) (int, bool) {
 	}
 	return n, true
 }
+
+// ---------------------------------------------------------------------------
+// Range requests (RFC 9110 §14, RFC 9111 §3.4)
+// ---------------------------------------------------------------------------
+
+// byteRange is a satisfiable range of a representation, both ends included.
+type byteRange struct{ first, last int64 }
+
+// rangeOutcome is what a Range header asks of a stored representation.
+type rangeOutcome int
+
+const (
+	rangeIgnored       rangeOutcome = iota // answer with the whole 200
+	rangeSatisfiable                       // answer with one part, 206
+	rangeUnsatisfiable                     // answer 416
+)
+
+// selectRange evaluates a Range header against a representation of size
+// bytes (RFC 9110 §14.1.2, §14.2). An invalid header or another unit is
+// ignored. Several satisfiable ranges are answered with the whole
+// representation, which §14.2 allows, rather than multipart/byteranges.
+func selectRange(header string, size int64) (byteRange, rangeOutcome) {
+	unit, set, ok := strings.Cut(header, "=")
+	if !ok || !strings.EqualFold(strings.TrimSpace(unit), "bytes") {
+		return byteRange{}, rangeIgnored
+	}
+	var found []byteRange
+	specs := 0
+	for _, spec := range strings.Split(set, ",") {
+		if spec = strings.Trim(spec, " \t"); spec == "" {
+			continue
+		}
+		specs++
+		br, satisfiable, valid := parseRangeSpec(spec, size)
+		if !valid {
+			return byteRange{}, rangeIgnored
+		}
+		if satisfiable {
+			found = append(found, br)
+		}
+	}
+	switch {
+	case specs == 0:
+		return byteRange{}, rangeIgnored
+	case len(found) == 0:
+		return byteRange{}, rangeUnsatisfiable
+	case len(found) > 1:
+		return byteRange{}, rangeIgnored
+	}
+	return found[0], rangeSatisfiable
+}
+
+// parseRangeSpec reads int-range ("first-[last]") or suffix-range
+// ("-length") and clips it to the representation.
+func parseRangeSpec(spec string, size int64) (br byteRange, satisfiable, valid bool) {
+	first, last, ok := strings.Cut(spec, "-")
+	if !ok {
+		return byteRange{}, false, false
+	}
+	if first == "" {
+		n, ok := parseRangeInt(last)
+		if !ok {
+			return byteRange{}, false, false
+		}
+		if n == 0 || size == 0 {
+			return byteRange{}, false, true
+		}
+		return byteRange{first: max(0, size-n), last: size - 1}, true, true
+	}
+	f, ok := parseRangeInt(first)
+	if !ok {
+		return byteRange{}, false, false
+	}
+	l := int64(1<<63 - 1)
+	if last != "" {
+		if l, ok = parseRangeInt(last); !ok || l < f {
+			return byteRange{}, false, false
+		}
+	}
+	if f >= size {
+		return byteRange{}, false, true
+	}
+	return byteRange{first: f, last: min(l, size-1)}, true, true
+}
+
+// parseRangeInt reads 1*DIGIT, saturating instead of overflowing.
+func parseRangeInt(s string) (int64, bool) {
+	if s == "" {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return 0, false
+		}
+		if n < (1<<63-1)/10-9 {
+			n = n*10 + int64(s[i]-'0')
+		}
+	}
+	return n, true
+}
+
+// ifRangeMatches evaluates If-Range against a stored response (RFC 9110
+// §13.1.5): an entity-tag must match the stored ETag strongly; a date must
+// equal a Last-Modified that is a strong validator, at least a second
+// before the response's Date (§8.8.2.2).
+func ifRangeMatches(ifRange string, stored http.Header) bool {
+	ifRange = strings.Trim(ifRange, " \t")
+	if strings.HasPrefix(ifRange, `"`) || strings.HasPrefix(ifRange, "W/") {
+		return strongMatch(ifRange, stored.Get("ETag"))
+	}
+	since, ok1 := parseHTTPDate(ifRange)
+	lm, ok2 := parseHTTPDate(stored.Get("Last-Modified"))
+	date, ok3 := parseHTTPDate(stored.Get("Date"))
+	return ok1 && ok2 && ok3 && lm.Equal(since) && date.Sub(lm) >= time.Second
+}

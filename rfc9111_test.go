@@ -294,3 +294,61 @@ func TestRFC9111StrongMatch(t *testing.T) {
 		}
 	}
 }
+
+func TestRFC9111SelectRange(t *testing.T) {
+	cases := []struct {
+		sec     string
+		header  string
+		size    int64
+		want    byteRange
+		outcome rangeOutcome
+	}{
+		{"RFC 9110 §14.1.2 int-range", "bytes=0-4", 26, byteRange{0, 4}, rangeSatisfiable},
+		{"RFC 9110 §14.1.2 last-pos past the end is clipped", "bytes=20-100", 26, byteRange{20, 25}, rangeSatisfiable},
+		{"RFC 9110 §14.1.2 open-ended", "bytes=20-", 26, byteRange{20, 25}, rangeSatisfiable},
+		{"RFC 9110 §14.1.2 suffix", "bytes=-3", 26, byteRange{23, 25}, rangeSatisfiable},
+		{"RFC 9110 §14.1.2 suffix longer than the representation", "bytes=-100", 26, byteRange{0, 25}, rangeSatisfiable},
+		{"RFC 9110 §14.1 unit is case-insensitive", "Bytes=0-0", 26, byteRange{0, 0}, rangeSatisfiable},
+		{"RFC 9110 §14.1.1 first-pos past the end", "bytes=30-", 26, byteRange{}, rangeUnsatisfiable},
+		{"RFC 9110 §14.1.1 zero-length suffix", "bytes=-0", 26, byteRange{}, rangeUnsatisfiable},
+		{"RFC 9110 §14.1.1 empty representation", "bytes=0-", 0, byteRange{}, rangeUnsatisfiable},
+		{"RFC 9110 §14.2 one satisfiable of two", "bytes=0-1, 40-50", 26, byteRange{0, 1}, rangeSatisfiable},
+		{"RFC 9110 §14.2 several ranges: the whole 200", "bytes=0-1,5-6", 26, byteRange{}, rangeIgnored},
+		{"RFC 9110 §14.2 last before first: invalid, ignored", "bytes=5-1", 26, byteRange{}, rangeIgnored},
+		{"RFC 9110 §14.2 garbage: ignored", "bytes=abc", 26, byteRange{}, rangeIgnored},
+		{"RFC 9110 §14.2 another unit: ignored", "items=0-1", 26, byteRange{}, rangeIgnored},
+		{"RFC 9110 §14.2 no ranges: ignored", "bytes=", 26, byteRange{}, rangeIgnored},
+	}
+	for _, tc := range cases {
+		got, outcome := selectRange(tc.header, tc.size)
+		if got != tc.want || outcome != tc.outcome {
+			t.Errorf("%s: selectRange(%q, %d) = %v, %v; want %v, %v", tc.sec, tc.header, tc.size, got, outcome, tc.want, tc.outcome)
+		}
+	}
+}
+
+func TestRFC9111IfRangeMatches(t *testing.T) {
+	lm := "Sun, 06 Nov 1994 08:49:37 GMT"
+	later := "Sun, 06 Nov 1994 09:49:37 GMT"
+	stored := http.Header{"Etag": {`"v1"`}, "Last-Modified": {lm}, "Date": {later}}
+	weakDate := http.Header{"Last-Modified": {lm}, "Date": {lm}}
+	cases := []struct {
+		sec    string
+		stored http.Header
+		value  string
+		want   bool
+	}{
+		{"RFC 9110 §13.1.5 matching strong entity-tag", stored, `"v1"`, true},
+		{"RFC 9110 §13.1.5 other entity-tag", stored, `"v0"`, false},
+		{"RFC 9110 §13.1.5 weak entity-tag never matches", stored, `W/"v1"`, false},
+		{"RFC 9110 §13.1.5 date equal to a strong Last-Modified", stored, lm, true},
+		{"RFC 9110 §13.1.5 other date", stored, later, false},
+		{"RFC 9110 §8.8.2.2 Last-Modified equal to Date is weak", weakDate, lm, false},
+		{"RFC 9110 §13.1.5 invalid value", stored, "yesterday", false},
+	}
+	for _, tc := range cases {
+		if got := ifRangeMatches(tc.value, tc.stored); got != tc.want {
+			t.Errorf("%s: ifRangeMatches(%q) = %v, want %v", tc.sec, tc.value, got, tc.want)
+		}
+	}
+}

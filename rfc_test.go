@@ -1820,3 +1820,76 @@ func TestRFCAgeAndExpiresParsing(t *testing.T) {
 		{path: "/o/expires-asctime", headers: []string{"Expires: Thu Aug 18 02:01:18 2050", "Date: @now"}, stored: true, minTTL: 3600},
 	})
 }
+
+// TestRFCRangeFromCache covers RFC 9110 §14 and RFC 9111 §3.4: a stored
+// complete 200 answers byte ranges with 206 (single, suffix, open-ended),
+// 416 when nothing is satisfiable, the whole 200 for several ranges or a
+// failed If-Range; a Range miss fetches the whole response without Range,
+// stores it and answers the range.
+func TestRFCRangeFromCache(t *testing.T) {
+	e := rfcStart(t, "rfcrange", `
+		route files /r/*`)
+	const body = "abcdefghijklmnopqrstuvwxyz"
+	lm := time.Now().Add(-time.Hour).UTC().Format(http.TimeFormat)
+	e.u.Handle("/r/doc", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=600")
+		w.Header().Set("ETag", `"v1"`)
+		w.Header().Set("Last-Modified", lm)
+		w.Header().Set("Date", time.Now().UTC().Format(http.TimeFormat))
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		_, _ = io.WriteString(w, body)
+	})
+	want206 := func(t *testing.T, label string, r *http.Response, b, part, contentRange string) {
+		t.Helper()
+		if r.StatusCode != http.StatusPartialContent || b != part || r.Header.Get("Content-Range") != contentRange {
+			t.Fatalf("%s: %d %q Content-Range %q, want 206 %q %q", label, r.StatusCode, b, r.Header.Get("Content-Range"), part, contentRange)
+		}
+	}
+
+	r, b := e.get(t, "/r/doc", "Range: bytes=0-4")
+	rfcWant(t, "range miss", r, b, http.StatusPartialContent, "MISS", "stored", "fwd-status=200")
+	want206(t, "range miss", r, b, "abcde", "bytes 0-4/26")
+	if h := e.u.LastHeaders("GET", "/r/doc"); h.Get("Range") != "" || h.Get("If-Range") != "" {
+		t.Fatalf("the miss sent Range to the upstream: %v", h)
+	}
+
+	cases := []struct {
+		name    string
+		headers []string
+		status  int
+		body    string
+		cr      string
+	}{
+		{"suffix", []string{"Range: bytes=-3"}, 206, "xyz", "bytes 23-25/26"},
+		{"open-ended", []string{"Range: bytes=20-"}, 206, "uvwxyz", "bytes 20-25/26"},
+		{"clipped", []string{"Range: bytes=24-99"}, 206, "yz", "bytes 24-25/26"},
+		{"unsatisfiable", []string{"Range: bytes=30-"}, 416, "", "bytes */26"},
+		{"several ranges: whole", []string{"Range: bytes=0-1,5-6"}, 200, body, ""},
+		{"invalid range: whole", []string{"Range: bytes=9-2"}, 200, body, ""},
+		{"If-Range strong ETag", []string{"Range: bytes=0-0", `If-Range: "v1"`}, 206, "a", "bytes 0-0/26"},
+		{"If-Range other ETag: whole", []string{"Range: bytes=0-0", `If-Range: "v0"`}, 200, body, ""},
+		{"If-Range weak ETag: whole", []string{"Range: bytes=0-0", `If-Range: W/"v1"`}, 200, body, ""},
+		{"If-Range Last-Modified", []string{"Range: bytes=1-1", "If-Range: " + lm}, 206, "b", "bytes 1-1/26"},
+		{"If-None-Match first", []string{"Range: bytes=0-0", `If-None-Match: "v1"`}, 304, "", ""},
+	}
+	for _, tc := range cases {
+		tc := tc
+		t.Run(tc.name, func(t *testing.T) {
+			r, b := e.get(t, "/r/doc", tc.headers...)
+			rfcWant(t, tc.name, r, b, tc.status, "HIT", "hit")
+			if b != tc.body || r.Header.Get("Content-Range") != tc.cr {
+				t.Fatalf("%s: body %q Content-Range %q, want %q %q", tc.name, b, r.Header.Get("Content-Range"), tc.body, tc.cr)
+			}
+		})
+	}
+	t.Run("HEAD with Range gets the whole headers", func(t *testing.T) {
+		r, b := e.do(t, http.MethodHead, "/r/doc", nil, "Range: bytes=0-4")
+		rfcWant(t, "HEAD", r, b, 200, "HIT", "hit")
+	})
+	rfcCalls(t, "every range from one fill", e.u, "GET", "/r/doc", 1)
+
+	t.Run("another unit skips the cache", func(t *testing.T) {
+		r, b := e.get(t, "/r/doc", "Range: items=0-1")
+		rfcWant(t, "items", r, b, 200, "SKIP", "fwd=bypass", "detail=range")
+	})
+}
