@@ -1893,3 +1893,82 @@ func TestRFCRangeFromCache(t *testing.T) {
 		rfcWant(t, "items", r, b, 200, "SKIP", "fwd=bypass", "detail=range")
 	})
 }
+
+// TestRFCHeuristicFreshness covers RFC 9111 §4.2.2: without explicit
+// freshness or a route ttl, a heuristically cacheable response with
+// Last-Modified is fresh for a fraction of its age (10% by default, the
+// route's heuristic percentage, or not at all with heuristic off).
+func TestRFCHeuristicFreshness(t *testing.T) {
+	e := rfcStart(t, "rfcheur", `
+		route dflt /h/*
+		route half /half/* {
+			heuristic 50%
+		}
+		route off /off/* {
+			heuristic off
+		}`)
+	lm := func(ago time.Duration) string {
+		return "Last-Modified: " + time.Now().Add(-ago).UTC().Format(http.TimeFormat)
+	}
+	rfcCheckStorage(t, e, []rfcStorageCase{
+		{path: "/h/ten-hours-old", headers: []string{lm(10 * time.Hour), "Date: @now"}, stored: true, minTTL: 3580, maxTTL: 3600},
+		{path: "/h/ancient", headers: []string{lm(1000 * 24 * time.Hour), "Date: @now"}, stored: true, minTTL: 86380, maxTTL: 86400},
+		{path: "/half/two-hours-old", headers: []string{lm(2 * time.Hour), "Date: @now"}, stored: true, minTTL: 3580, maxTTL: 3600},
+	})
+	t.Run("not for a status that is not heuristically cacheable", func(t *testing.T) {
+		const p = "/h/302"
+		e.u.Handle(p, rfcRespond(302, "Location: /x", lm(10*time.Hour)))
+		for i := 0; i < 2; i++ {
+			r, b := e.get(t, p)
+			rfcWant(t, "302", r, b, 302, "MISS", "!stored")
+		}
+	})
+	t.Run("heuristic off: stored only to be revalidated", func(t *testing.T) {
+		const p = "/off/ten-hours-old"
+		e.u.Handle(p, rfcRespond(200, lm(10*time.Hour), "Date: @now"))
+		r, b := e.get(t, p)
+		rfcWant(t, "first", r, b, 200, "MISS")
+		r, b = e.get(t, p)
+		if r.Header.Get("X-Cache") == "HIT" {
+			t.Fatalf("heuristic off: a HIT %q", r.Header.Values("Cache-Status"))
+		}
+		rfcCalls(t, "heuristic off", e.u, "GET", p, 2)
+	})
+}
+
+// TestRFCStorableStatuses covers RFC 9111 §3: any final status the cache
+// understands is stored with explicit freshness; the status list only
+// governs the route ttl, which never applies to a server error; an unknown
+// status with must-understand is not stored, a known one ignores no-store
+// (§5.2.2.3); a stale server error is never served.
+func TestRFCStorableStatuses(t *testing.T) {
+	e := rfcStart(t, "rfcstat", `
+		route s /s/* 300s {
+			stale_while_revalidate 60s
+			stale_if_error 60s
+		}`)
+	rfcCheckStorage(t, e, []rfcStorageCase{
+		{path: "/s/500-max-age", status: 500, headers: []string{"Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/502-max-age", status: 502, headers: []string{"Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/302-max-age", status: 302, headers: []string{"Location: /x", "Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/307-expires", status: 307, headers: []string{"Location: /x", "Expires: @now+60", "Date: @now"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/308-max-age", status: 308, headers: []string{"Location: /x", "Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/400-max-age", status: 400, headers: []string{"Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/503-route-ttl", status: 503},
+		{path: "/s/400-route-ttl", status: 400},
+		{path: "/s/599-max-age", status: 599, headers: []string{"Cache-Control: max-age=60"}},
+		{path: "/s/299-must-understand", status: 299, headers: []string{"Cache-Control: max-age=60, must-understand, no-store"}},
+		{path: "/s/200-must-understand", headers: []string{"Cache-Control: max-age=60, must-understand, no-store"}, stored: true, maxTTL: 60, minTTL: 50},
+	})
+	t.Run("a stale server error is never served", func(t *testing.T) {
+		const p = "/s/500-short"
+		e.u.Handle(p, rfcRespond(500, "Cache-Control: max-age=3, stale-while-revalidate=60, stale-if-error=60"))
+		r, b := e.get(t, p)
+		rfcWant(t, "first", r, b, 500, "MISS")
+		time.Sleep(4 * time.Second)
+		r, b = e.get(t, p)
+		if r.Header.Get("X-Cache") == "STALE" || r.Header.Get("X-Cache") == "HIT" {
+			t.Fatalf("a stale 500 was served: %q", r.Header.Values("Cache-Status"))
+		}
+	})
+}
