@@ -46,6 +46,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		tags_header <name>
 //		request_cache_control ignore|honor
 //		targeted_cache_control <field...>
+//		stale_if_unreachable <duration>|off
 //		coalesce
 //		coalesce_wait <duration>
 //		route <name> <path-pattern> [<ttl>] {
@@ -165,6 +166,11 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 			}
 			h.CacheableStatus = append(h.CacheableStatus, code)
 		}
+	case "stale_if_unreachable":
+		var arg string
+		if arg, err = singleArg(d); err == nil {
+			h.StaleIfUnreachable, err = durationOrOff(d, name, arg)
+		}
 	case "targeted_cache_control":
 		if h.TargetedCacheControl, err = listArg(d); err == nil {
 			for _, name := range h.TargetedCacheControl {
@@ -283,6 +289,18 @@ func (rt *Route) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		return fmt.Errorf("route %q: %w", rt.Name, err)
 	}
 	return nil
+}
+
+// durationOrOff reads a positive duration, or "off" as -1.
+func durationOrOff(d *caddyfile.Dispenser, name, arg string) (caddy.Duration, error) {
+	if arg == "off" {
+		return -1, nil
+	}
+	dur, err := caddy.ParseDuration(arg)
+	if err != nil || dur <= 0 {
+		return 0, d.Errf("%s %q: must be a positive duration (e.g. 10m) or off", name, arg)
+	}
+	return caddy.Duration(dur), nil
 }
 
 // parseHeuristic reads "off" or a percentage such as "10" or "10%".

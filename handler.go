@@ -646,7 +646,7 @@ func (cr *cacheRequest) fetchDirect(w http.ResponseWriter, fwd string, share **f
 		return err
 	}
 	if err != nil || mode == modeDiscard {
-		if cr.stale != nil && cr.withinStale(cr.stale, cr.stale.age(time.Now()), cr.stale.sie) {
+		if cr.stale != nil && cr.withinStale(cr.stale, cr.stale.age(time.Now()), cr.staleWindow(err)) {
 			status := "fwd=stale; "
 			if cw.status != 0 {
 				status += "fwd-status=" + strconv.Itoa(cw.status) + "; "

@@ -36,6 +36,9 @@ const (
 	defaultPurgeHeader     = "X-Cache-Purge"
 	defaultTagsHeader      = "X-Cache-Tags"
 	maxKeyPartLength       = 96
+	// defaultStaleIfUnreachable matches revalidationWindow, how long the
+	// store keeps an entry with a validator past its freshness.
+	defaultStaleIfUnreachable = 10 * time.Minute
 )
 
 var defaultCacheableStatus = []int{200, 203, 204, 300, 301, 404, 410}
@@ -155,6 +158,14 @@ type Handler struct {
 	// origin sent it. Default: ["CDN-Cache-Control"]; add
 	// "Surrogate-Control" for origins written for Fastly or Akamai.
 	TargetedCacheControl []string `json:"targeted_cache_control,omitempty"`
+
+	// StaleIfUnreachable lets a stale entry be served, up to this long past
+	// its freshness, when the origin cannot be reached at all (RFC 9111
+	// §4.2.4), unless it says must-revalidate, proxy-revalidate, s-maxage
+	// or no-cache. It applies to entries still in the store, which keeps
+	// those with a validator 10 minutes past their freshness. Default: 10m;
+	// -1 (Caddyfile: off) turns it off.
+	StaleIfUnreachable caddy.Duration `json:"stale_if_unreachable,omitempty"`
 
 	// Routes are tried in order; the first whose path pattern matches the
 	// request handles it.
@@ -340,6 +351,12 @@ func (h *Handler) setDefaults() {
 	}
 	if h.TagsHeader == "" {
 		h.TagsHeader = defaultTagsHeader
+	}
+	switch {
+	case h.StaleIfUnreachable == 0:
+		h.StaleIfUnreachable = caddy.Duration(defaultStaleIfUnreachable)
+	case h.StaleIfUnreachable < 0:
+		h.StaleIfUnreachable = 0
 	}
 	if len(h.TargetedCacheControl) == 0 {
 		h.TargetedCacheControl = defaultTargetedFields

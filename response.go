@@ -594,3 +594,15 @@ func (d requestDirectives) acceptsStale(e *entry, now time.Time) bool {
 	}
 	return e.age(now)-e.freshFor <= d.maxStale
 }
+
+// staleWindow is how long past its freshness the stale entry may stand in
+// for a failed upstream: its stale-if-error or, when the origin could not
+// be reached at all (err is set), up to stale_if_unreachable (RFC 9111
+// §4.2.4), unless the origin forbade serving it stale or it is an error.
+func (cr *cacheRequest) staleWindow(err error) time.Duration {
+	e := cr.stale
+	if err == nil || e.noCache || e.mustRevalidate() || isErrorStatus(e.status) {
+		return e.sie
+	}
+	return max(e.sie, time.Duration(cr.h.StaleIfUnreachable))
+}

@@ -1972,3 +1972,44 @@ func TestRFCStorableStatuses(t *testing.T) {
 		}
 	})
 }
+
+// TestRFCStaleIfUnreachable covers RFC 9111 §4.2.4: when the origin cannot
+// be reached at all, a stale entry is served (by default up to 10 minutes
+// past its freshness), unless must-revalidate or s-maxage forbid it; a
+// stale error is never served.
+func TestRFCStaleIfUnreachable(t *testing.T) {
+	e := rfcStart(t, "rfcunreach", `
+		route u /u/*`)
+	origins := map[string]string{
+		"/u/doc":  "Cache-Control: max-age=2",
+		"/u/must": "Cache-Control: max-age=2, must-revalidate",
+		"/u/smax": "Cache-Control: s-maxage=2",
+	}
+	stored := map[string]string{}
+	for p, cc := range origins {
+		e.u.Handle(p, rfcRespond(200, cc, `ETag: "x"`))
+		r, b := e.get(t, p)
+		rfcWant(t, "prime "+p, r, b, 200, "MISS", "stored")
+		stored[p] = b
+	}
+	e.u.Handle("/u/500", rfcRespond(500, "Cache-Control: max-age=2", `ETag: "x"`))
+	r, b := e.get(t, "/u/500")
+	rfcWant(t, "prime /u/500", r, b, 500, "MISS", "stored")
+
+	time.Sleep(3500 * time.Millisecond)
+	e.u.srv.CloseClientConnections()
+	e.u.srv.Close()
+
+	r, b = e.get(t, "/u/doc")
+	rfcWant(t, "stale, origin unreachable", r, b, 200, "STALE", "fwd=stale", "detail=stale-if-error")
+	if b != stored["/u/doc"] {
+		t.Fatalf("served %q, want the stored %q", b, stored["/u/doc"])
+	}
+	for _, p := range []string{"/u/must", "/u/smax", "/u/500"} {
+		r, b := e.get(t, p)
+		if r.Header.Get("X-Cache") == "STALE" || r.StatusCode != http.StatusBadGateway {
+			t.Fatalf("%s with the origin gone: %d X-Cache %q, want a 502 and no stale answer", p, r.StatusCode, r.Header.Get("X-Cache"))
+		}
+		_ = b
+	}
+}

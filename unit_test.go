@@ -425,6 +425,7 @@ func TestCaddyfileParses(t *testing.T) {
 func TestCaddyfileIssue13Options(t *testing.T) {
 	h, err := parseTestCaddyfile(`redis_cache {
 		targeted_cache_control Surrogate-Control CDN-Cache-Control
+		stale_if_unreachable 1h
 		route a /a/* {
 			heuristic 20%
 		}
@@ -437,6 +438,9 @@ func TestCaddyfileIssue13Options(t *testing.T) {
 	}
 	if want := []string{"Surrogate-Control", "CDN-Cache-Control"}; !reflect.DeepEqual(h.TargetedCacheControl, want) {
 		t.Errorf("targeted_cache_control = %q, want %q", h.TargetedCacheControl, want)
+	}
+	if h.StaleIfUnreachable != caddy.Duration(time.Hour) {
+		t.Errorf("stale_if_unreachable = %v, want 1h", h.StaleIfUnreachable)
 	}
 	if h.Routes[0].Heuristic != 20 || h.Routes[1].Heuristic != -1 {
 		t.Errorf("heuristic = %d, %d; want 20, -1", h.Routes[0].Heuristic, h.Routes[1].Heuristic)
@@ -457,6 +461,7 @@ func TestCaddyfileErrors(t *testing.T) {
 		{"bad targeted field", `redis_cache { targeted_cache_control "CDN Cache" }`, `targeted_cache_control "CDN Cache": not a header field name`},
 		{"duplicate targeted_cache_control", `redis_cache { targeted_cache_control A
 			targeted_cache_control B }`, `duplicate subdirective "targeted_cache_control"`},
+		{"bad stale_if_unreachable", `redis_cache { stale_if_unreachable soon }`, `stale_if_unreachable "soon": must be a positive duration (e.g. 10m) or off`},
 		{"bad heuristic", `redis_cache { route a /a {
 			heuristic 150
 		} }`, `heuristic "150": must be a percentage from 1 to 100, or off`},
