@@ -740,19 +740,25 @@ func (h *Handler) count(rt *Route, xcache string) {
 }
 
 // upstreamRequest is the request sent upstream on a miss: HEAD becomes
-// GET so the answer can be stored, and client validators and Range are
-// dropped so the upstream answers in full; the client still gets its 304
-// or its range from us.
+// GET so the answer can be stored, and Range and the preconditions the
+// cache evaluates itself are dropped so the upstream answers in full; the
+// client still gets its range from us. A stale entry is revalidated with
+// its own validators. Without one, the client's If-None-Match and
+// If-Modified-Since go upstream (RFC 9111 §4.3.1), so that the origin's
+// 304 reaches the client (unstored); a 200 is stored as usual.
 func (cr *cacheRequest) upstreamRequest() *http.Request {
 	r := cr.r
 	etag, lastModified := cr.staleValidators()
-	if r.Method == http.MethodGet && etag == "" && lastModified == "" &&
-		r.Header.Get("If-None-Match") == "" && r.Header.Get("If-Modified-Since") == "" && r.Header.Get("Range") == "" {
+	drop := []string{"If-Match", "If-Unmodified-Since", "If-Range", "Range"}
+	if cr.stale != nil {
+		drop = append(drop, "If-None-Match", "If-Modified-Since")
+	}
+	if r.Method == http.MethodGet && etag == "" && lastModified == "" && !hasAnyHeader(r.Header, drop) {
 		return r
 	}
 	up := r.Clone(r.Context())
 	up.Method = http.MethodGet
-	for _, name := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range", "Range"} {
+	for _, name := range drop {
 		up.Header.Del(name)
 	}
 	if etag != "" {
@@ -762,6 +768,15 @@ func (cr *cacheRequest) upstreamRequest() *http.Request {
 		up.Header.Set("If-Modified-Since", lastModified)
 	}
 	return up
+}
+
+func hasAnyHeader(hdr http.Header, names []string) bool {
+	for _, name := range names {
+		if hdr.Get(name) != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // staleValidators returns the validators of the stale entry being

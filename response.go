@@ -276,9 +276,18 @@ func varyValues(names []string, r *http.Request) []string {
 }
 
 // headerValue is a request header's values as one string, the form in
-// which keys and Vary matching compare them.
+// which keys and Vary matching compare them. Accept-Encoding and
+// Accept-Language are normalised (normalizeWeightedList), so that requests
+// the origin cannot tell apart share one entry.
 func headerValue(r *http.Request, name string) string {
-	return strings.Join(r.Header.Values(name), ", ")
+	vals := r.Header.Values(name)
+	switch {
+	case strings.EqualFold(name, "Accept-Encoding"):
+		return normalizeWeightedList(vals, true)
+	case strings.EqualFold(name, "Accept-Language"):
+		return normalizeWeightedList(vals, false)
+	}
+	return strings.Join(vals, ", ")
 }
 
 // cleanForStore removes what a stored response must not carry: the

@@ -8,6 +8,8 @@ package rediscache
 
 import (
 	"net/http"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -417,6 +419,61 @@ func parseEntityTag(s string) (tag string, weak, ok bool) {
 		return "", false, false
 	}
 	return s, weak, true
+}
+
+// ---------------------------------------------------------------------------
+// Vary (RFC 9111 §4.1)
+// ---------------------------------------------------------------------------
+
+// normalizeWeightedList normalises an Accept-Encoding or Accept-Language
+// value for Vary matching (RFC 9111 §4.1 allows normalising whitespace,
+// case and order where the grammar says they are equivalent): both are
+// lists of case-insensitive tokens with weights (RFC 9110 §12.4.2, §12.5.3,
+// §12.5.4), so members are lower-cased with the whitespace inside them
+// removed. Members are then ordered by weight, highest first; with
+// anyOrder (content codings, where order carries no meaning), members of
+// equal weight are sorted too, while languages of equal weight keep the
+// client's order, which a language matcher may use.
+func normalizeWeightedList(values []string, anyOrder bool) string {
+	type member struct {
+		text   string
+		weight float64
+	}
+	var members []member
+	for _, v := range values {
+		for _, m := range strings.Split(v, ",") {
+			m = strings.ToLower(strings.Join(strings.Fields(m), ""))
+			if m == "" {
+				continue
+			}
+			members = append(members, member{text: m, weight: memberWeight(m)})
+		}
+	}
+	sort.SliceStable(members, func(i, j int) bool {
+		if members[i].weight != members[j].weight {
+			return members[i].weight > members[j].weight
+		}
+		return anyOrder && members[i].text < members[j].text
+	})
+	texts := make([]string, len(members))
+	for i, m := range members {
+		texts[i] = m.text
+	}
+	return strings.Join(texts, ", ")
+}
+
+// memberWeight reads a list member's q parameter (default 1), already
+// lower-cased and without whitespace.
+func memberWeight(m string) float64 {
+	_, params, _ := strings.Cut(m, ";")
+	for _, p := range strings.Split(params, ";") {
+		if v, ok := strings.CutPrefix(p, "q="); ok {
+			if q, err := strconv.ParseFloat(v, 64); err == nil && q >= 0 && q <= 1 {
+				return q
+			}
+		}
+	}
+	return 1
 }
 
 // ---------------------------------------------------------------------------

@@ -352,3 +352,26 @@ func TestRFC9111IfRangeMatches(t *testing.T) {
 		}
 	}
 }
+
+func TestRFC9111NormalizeWeightedList(t *testing.T) {
+	cases := []struct {
+		sec      string
+		values   []string
+		anyOrder bool
+		want     string
+	}{
+		{"RFC 9110 §12.5.3 whitespace and case", []string{"GZIP ,  br"}, true, "br, gzip"},
+		{"RFC 9110 §12.5.3 order of codings carries no meaning", []string{"br, gzip"}, true, "br, gzip"},
+		{"RFC 9110 §12.4.2 weights order members", []string{"gzip;q=0.5, br"}, true, "br, gzip;q=0.5"},
+		{"RFC 9110 §12.4.2 whitespace around ;", []string{"gzip ; q=0.5", "br"}, true, "br, gzip;q=0.5"},
+		{"RFC 9110 §12.5.4 language tags are case-insensitive", []string{"EN-us, fr;q=0.5"}, false, "en-us, fr;q=0.5"},
+		{"RFC 9110 §12.5.4 weights order languages", []string{"fr;q=0.5, en-US"}, false, "en-us, fr;q=0.5"},
+		{"RFC 9110 §12.5.4 equal weights keep their order", []string{"fr, en"}, false, "fr, en"},
+		{"RFC 9110 §5.6.1 empty members", []string{", gzip,,"}, true, "gzip"},
+	}
+	for _, tc := range cases {
+		if got := normalizeWeightedList(tc.values, tc.anyOrder); got != tc.want {
+			t.Errorf("%s: normalizeWeightedList(%q) = %q, want %q", tc.sec, tc.values, got, tc.want)
+		}
+	}
+}

@@ -1024,11 +1024,13 @@ func TestRFCConditionalRequests(t *testing.T) {
 		})
 	}
 
-	t.Run("conditional miss: full fetch upstream, 304 to the client", func(t *testing.T) {
+	t.Run("conditional miss: an origin 200 is stored, 304 to the client", func(t *testing.T) {
 		r, b := e.get(t, "/cond/first", `If-None-Match: "abc"`)
 		rfcWant(t, "conditional miss", r, b, 304, "MISS", "fwd=uri-miss", "stored")
-		if h := e.u.LastHeaders("GET", "/cond/first"); h.Get("If-None-Match") != "" || h.Get("If-Modified-Since") != "" {
-			t.Fatalf("the client's validators reached the upstream: %v", h)
+		// With nothing stored, the client's validators go upstream (RFC
+		// 9111 §4.3.1); this origin ignores them.
+		if h := e.u.LastHeaders("GET", "/cond/first"); h.Get("If-None-Match") != `"abc"` {
+			t.Fatalf("the client's If-None-Match did not reach the upstream: %v", h)
 		}
 		r, b = e.get(t, "/cond/first")
 		rfcWant(t, "plain after conditional miss", r, b, 200, "HIT", "hit")
@@ -1036,6 +1038,44 @@ func TestRFCConditionalRequests(t *testing.T) {
 			t.Fatalf("plain after conditional miss: body %q", b)
 		}
 		rfcCalls(t, "conditional miss", e.u, "GET", "/cond/first", 1)
+	})
+
+	t.Run("conditional miss: the origin's 304 passes through unstored", func(t *testing.T) {
+		const p = "/cond/origin-304"
+		e.u.Handle(p, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("ETag", `"v9"`)
+			w.Header().Set("Cache-Control", "max-age=300")
+			if r.Header.Get("If-None-Match") == `"v9"` {
+				w.WriteHeader(http.StatusNotModified)
+				return
+			}
+			rfcWriteBody(w, r, 200)
+		})
+		r, b := e.get(t, p, `If-None-Match: "v9"`)
+		rfcWant(t, "origin 304", r, b, 304, "MISS", "fwd=uri-miss", "fwd-status=304", "!stored")
+		r, b = e.get(t, p)
+		rfcWant(t, "plain after an origin 304", r, b, 200, "MISS", "fwd=uri-miss", "stored")
+		r, b = e.get(t, p, `If-None-Match: "v9"`)
+		rfcWant(t, "conditional hit", r, b, 304, "HIT", "hit")
+		rfcCalls(t, "origin 304", e.u, "GET", p, 2)
+	})
+
+	t.Run("If-Modified-Since without Last-Modified compares with Date", func(t *testing.T) {
+		const p = "/cond/date-only"
+		date := time.Now().Add(-time.Minute).UTC().Truncate(time.Second)
+		e.u.Handle(p, rfcRespond(200, "Cache-Control: max-age=300", "Date: "+date.Format(http.TimeFormat)))
+		rfcPrime(t, e, p)
+		r, b := e.get(t, p, "If-Modified-Since: "+date.Format(http.TimeFormat))
+		rfcWant(t, "IMS = Date", r, b, 304, "HIT", "hit")
+		r, b = e.get(t, p, "If-Modified-Since: "+date.Add(-time.Hour).Format(http.TimeFormat))
+		rfcWant(t, "IMS before Date", r, b, 200, "HIT", "hit")
+	})
+
+	t.Run("unquoted and lower-case weak tags never match", func(t *testing.T) {
+		for _, inm := range []string{`abc`, `w/"abc"`} {
+			r, b := e.get(t, "/cond/doc", "If-None-Match: "+inm)
+			rfcWant(t, inm, r, b, 200, "HIT", "hit")
+		}
 	})
 }
 
@@ -1994,7 +2034,7 @@ func TestRFCStaleIfUnreachable(t *testing.T) {
 	}
 	e.u.Handle("/u/500", rfcRespond(500, "Cache-Control: max-age=2", `ETag: "x"`))
 	r, b := e.get(t, "/u/500")
-	rfcWant(t, "prime /u/500", r, b, 500, "MISS", "stored")
+	rfcWant(t, "prime /u/500", r, b, 500, "MISS")
 
 	time.Sleep(3500 * time.Millisecond)
 	e.u.srv.CloseClientConnections()
@@ -2012,4 +2052,37 @@ func TestRFCStaleIfUnreachable(t *testing.T) {
 		}
 		_ = b
 	}
+}
+
+// TestRFCVaryNormalisation covers RFC 9111 §4.1: Accept-Encoding and
+// Accept-Language values that differ only in whitespace, case or (where
+// the grammar gives order no meaning) the order of members select the
+// same stored variant.
+func TestRFCVaryNormalisation(t *testing.T) {
+	e := rfcStart(t, "rfcvn", `
+		route v /v/*`)
+	e.u.Handle("/v/lang", rfcRespond(200, "Cache-Control: max-age=300", "Vary: Accept-Language"))
+	e.u.Handle("/v/enc", rfcRespond(200, "Cache-Control: max-age=300", "Vary: Accept-Encoding"))
+
+	stored := rfcPrime(t, e, "/v/lang", "Accept-Language: en-US, fr;q=0.5")
+	for _, al := range []string{"EN-us,fr;q=0.5", "en-US ,  fr; q=0.5", "fr;q=0.5, en-US"} {
+		r, b := e.get(t, "/v/lang", "Accept-Language: "+al)
+		rfcWant(t, al, r, b, 200, "HIT", "hit")
+		if b != stored {
+			t.Fatalf("%s: body %q, want the stored %q", al, b, stored)
+		}
+	}
+	r, b := e.get(t, "/v/lang", "Accept-Language: fr, en-US")
+	rfcWant(t, "another preference", r, b, 200, "MISS", "fwd=vary-miss")
+
+	stored = rfcPrime(t, e, "/v/enc", "Accept-Encoding: gzip, br")
+	for _, ae := range []string{"br, gzip", "GZIP,BR", " br ,gzip "} {
+		r, b := e.get(t, "/v/enc", "Accept-Encoding: "+ae)
+		rfcWant(t, ae, r, b, 200, "HIT", "hit")
+		if b != stored {
+			t.Fatalf("%s: body %q, want the stored %q", ae, b, stored)
+		}
+	}
+	r, b = e.get(t, "/v/enc", "Accept-Encoding: gzip")
+	rfcWant(t, "another coding set", r, b, 200, "MISS", "fwd=vary-miss")
 }
