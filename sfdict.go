@@ -107,7 +107,7 @@ func (p *sfParser) key() (string, bool) {
 	if c := p.peek(); !(c >= 'a' && c <= 'z') && c != '*' {
 		return "", false
 	}
-	for c := p.peek(); (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || strings.IndexByte("_-.*", c) >= 0 && c != 0; c = p.peek() {
+	for c := p.peek(); (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || strings.IndexByte("_-.*", c) >= 0; c = p.peek() {
 		p.pos++
 	}
 	return p.s[start:p.pos], true
