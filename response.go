@@ -364,8 +364,13 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 			return storePlan{}, "too-large"
 		}
 	}
-	cc, targeted := responseDirectives(hdr, h.TargetedCacheControl)
 	now := time.Now()
+	if isErrorStatus(status) && cr.stale != nil && cr.withinStale(cr.stale, cr.stale.age(now), cr.stale.sie) {
+		// stale-if-error: the stale entry stands in for the error, which
+		// is not stored over it even when the origin made it fresh.
+		return storePlan{}, "upstream-error"
+	}
+	cc, targeted := responseDirectives(hdr, h.TargetedCacheControl)
 	freshFor, reason := h.freshness(rt, status, cc, targeted, hdr, now)
 	if reason != "" {
 		return storePlan{}, reason

@@ -2000,6 +2000,28 @@ func TestRFCStorableStatuses(t *testing.T) {
 		{path: "/s/299-must-understand", status: 299, headers: []string{"Cache-Control: max-age=60, must-understand, no-store"}},
 		{path: "/s/200-must-understand", headers: []string{"Cache-Control: max-age=60, must-understand, no-store"}, stored: true, maxTTL: 60, minTTL: 50},
 	})
+	t.Run("a fresh 500 does not replace a stale entry under stale-if-error", func(t *testing.T) {
+		const p = "/s/sie"
+		var failing atomic.Bool
+		e.u.Handle(p, func(w http.ResponseWriter, r *http.Request) {
+			if failing.Load() {
+				w.Header().Set("Cache-Control", "max-age=60")
+				rfcWriteBody(w, r, 500)
+				return
+			}
+			w.Header().Set("Cache-Control", "max-age=2")
+			rfcWriteBody(w, r, 200)
+		})
+		r, b := e.get(t, p)
+		rfcWant(t, "first", r, b, 200, "MISS", "stored")
+		time.Sleep(3 * time.Second)
+		failing.Store(true)
+		r, b2 := e.get(t, p)
+		rfcWant(t, "origin 500", r, b2, 200, "STALE", "fwd=stale", "fwd-status=500", "detail=stale-if-error")
+		if b2 != b {
+			t.Fatalf("served %q, want the stale %q", b2, b)
+		}
+	})
 	t.Run("a stale server error is never served", func(t *testing.T) {
 		const p = "/s/500-short"
 		e.u.Handle(p, rfcRespond(500, "Cache-Control: max-age=3, stale-while-revalidate=60, stale-if-error=60"))
