@@ -431,7 +431,8 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 
 // freshness is a response's freshness lifetime in this cache, or why its
 // status keeps it out. The origin's explicit freshness makes any status
-// the cache understands storable (RFC 9111 §3); the configured status list
+// the cache understands storable (RFC 9111 §3), an unlisted 4xx or 5xx only
+// when it is s-maxage or a targeted field; the configured status list
 // only says which statuses get the route's ttl or a heuristic lifetime
 // (§4.2.2) when the origin gives none. A route's ttl never applies to an
 // error, even when forced.
@@ -455,6 +456,11 @@ func (h *Handler) freshness(rt *Route, status int, cc cacheControl, targeted boo
 	switch {
 	case rt.ForceTTL && !isErrorStatus(status) && listed:
 		return time.Duration(rt.TTL), ""
+	case explicit && !listed && status >= 400 && !cc.has("s-maxage") && !targeted:
+		// An unlisted error needs freshness meant for shared caches: a
+		// framework's blanket max-age on an error that an odd, unkeyed
+		// request header provoked must not poison the entry (CPDoS).
+		return 0, "status"
 	case explicit:
 		return lifetime, ""
 	case !listed:

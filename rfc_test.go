@@ -1977,7 +1977,8 @@ func TestRFCHeuristicFreshness(t *testing.T) {
 }
 
 // TestRFCStorableStatuses covers RFC 9111 §3: any final status the cache
-// understands is stored with explicit freshness; the status list only
+// understands is stored with explicit freshness (an unlisted 4xx or 5xx
+// only with s-maxage or a targeted field, against CPDoS); the status list only
 // governs the route ttl, which never applies to a server error; an unknown
 // status with must-understand is not stored, a known one ignores no-store
 // (§5.2.2.3); a stale server error is never served.
@@ -1988,12 +1989,16 @@ func TestRFCStorableStatuses(t *testing.T) {
 			stale_if_error 60s
 		}`)
 	rfcCheckStorage(t, e, []rfcStorageCase{
-		{path: "/s/500-max-age", status: 500, headers: []string{"Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
-		{path: "/s/502-max-age", status: 502, headers: []string{"Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/500-s-maxage", status: 500, headers: []string{"Cache-Control: s-maxage=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/502-cdn-max-age", status: 502, headers: []string{"CDN-Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/504-s-maxage", status: 504, headers: []string{"Cache-Control: max-age=5, s-maxage=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		// An unlisted error with only max-age: not stored (CPDoS, see
+		// TestRFCHostileInput).
+		{path: "/s/500-max-age", status: 500, headers: []string{"Cache-Control: max-age=60"}},
 		{path: "/s/302-max-age", status: 302, headers: []string{"Location: /x", "Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
 		{path: "/s/307-expires", status: 307, headers: []string{"Location: /x", "Expires: @now+60", "Date: @now"}, stored: true, maxTTL: 60, minTTL: 50},
 		{path: "/s/308-max-age", status: 308, headers: []string{"Location: /x", "Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
-		{path: "/s/400-max-age", status: 400, headers: []string{"Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/400-s-maxage", status: 400, headers: []string{"Cache-Control: s-maxage=60"}, stored: true, maxTTL: 60, minTTL: 50},
 		{path: "/s/503-route-ttl", status: 503},
 		{path: "/s/400-route-ttl", status: 400},
 		{path: "/s/599-max-age", status: 599, headers: []string{"Cache-Control: max-age=60"}},
@@ -2005,7 +2010,7 @@ func TestRFCStorableStatuses(t *testing.T) {
 		var failing atomic.Bool
 		e.u.Handle(p, func(w http.ResponseWriter, r *http.Request) {
 			if failing.Load() {
-				w.Header().Set("Cache-Control", "max-age=60")
+				w.Header().Set("Cache-Control", "s-maxage=60")
 				rfcWriteBody(w, r, 500)
 				return
 			}
@@ -2024,7 +2029,7 @@ func TestRFCStorableStatuses(t *testing.T) {
 	})
 	t.Run("a stale server error is never served", func(t *testing.T) {
 		const p = "/s/500-short"
-		e.u.Handle(p, rfcRespond(500, "Cache-Control: max-age=3, stale-while-revalidate=60, stale-if-error=60"))
+		e.u.Handle(p, rfcRespond(500, "CDN-Cache-Control: max-age=3, stale-while-revalidate=60, stale-if-error=60"))
 		r, b := e.get(t, p)
 		rfcWant(t, "first", r, b, 500, "MISS")
 		time.Sleep(4 * time.Second)
@@ -2054,7 +2059,7 @@ func TestRFCStaleIfUnreachable(t *testing.T) {
 		rfcWant(t, "prime "+p, r, b, 200, "MISS", "stored")
 		stored[p] = b
 	}
-	e.u.Handle("/u/500", rfcRespond(500, "Cache-Control: max-age=2", `ETag: "x"`))
+	e.u.Handle("/u/500", rfcRespond(500, "CDN-Cache-Control: max-age=2", `ETag: "x"`))
 	r, b := e.get(t, "/u/500")
 	rfcWant(t, "prime /u/500", r, b, 500, "MISS")
 
@@ -2107,4 +2112,18 @@ func TestRFCVaryNormalisation(t *testing.T) {
 	}
 	r, b = e.get(t, "/v/enc", "Accept-Encoding: gzip")
 	rfcWant(t, "another coding set", r, b, 200, "MISS", "fwd=vary-miss")
+}
+
+// TestRFCTargetedCacheControlConfigured: targeted_cache_control sets the
+// fields obeyed and their precedence (RFC 9213 §2.2: the first valid one).
+func TestRFCTargetedCacheControlConfigured(t *testing.T) {
+	e := rfcStart(t, "rfctc2", `
+		targeted_cache_control Surrogate-Control CDN-Cache-Control
+		route origin /o/*`)
+	rfcCheckStorage(t, e, []rfcStorageCase{
+		{path: "/o/surrogate-beats-cc", headers: []string{"Surrogate-Control: max-age=60", "Cache-Control: no-store"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/o/surrogate-beats-cdn", headers: []string{"Surrogate-Control: max-age=100", "CDN-Cache-Control: no-store"}, stored: true, maxTTL: 100, minTTL: 90},
+		{path: "/o/invalid-surrogate-then-cdn", headers: []string{"Surrogate-Control: &&", "CDN-Cache-Control: max-age=30", "Cache-Control: no-store"}, stored: true, maxTTL: 30, minTTL: 20},
+		{path: "/o/surrogate-no-store", headers: []string{"Surrogate-Control: no-store", "Cache-Control: max-age=600"}},
+	})
 }
