@@ -437,7 +437,8 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 // (§4.2.2) when the origin gives none. A route's ttl never applies to an
 // error, even when forced.
 func (h *Handler) freshness(rt *Route, status int, cc cacheControl, targeted bool, hdr http.Header, now time.Time) (time.Duration, string) {
-	if status < 200 || !understoodStatus(status) {
+	listed := h.cacheable[status] // an operator's list extends what is understood
+	if status < 200 || !(understoodStatus(status) || listed) {
 		if cc.has("must-understand") {
 			return 0, "must-understand"
 		}
@@ -452,7 +453,6 @@ func (h *Handler) freshness(rt *Route, status int, cc cacheControl, targeted boo
 		expires = nil // RFC 9213 §2.2
 	}
 	lifetime, explicit := explicitFreshness(cc, expires, date)
-	listed := h.cacheable[status]
 	switch {
 	case rt.ForceTTL && !isErrorStatus(status) && listed:
 		return time.Duration(rt.TTL), ""
