@@ -1987,6 +1987,9 @@ func TestRFCStorableStatuses(t *testing.T) {
 		route s /s/* 300s {
 			stale_while_revalidate 60s
 			stale_if_error 60s
+		}
+		route sie /sie/* {
+			stale_if_error 60s
 		}`)
 	rfcCheckStorage(t, e, []rfcStorageCase{
 		{path: "/s/500-s-maxage", status: 500, headers: []string{"Cache-Control: s-maxage=60"}, stored: true, maxTTL: 60, minTTL: 50},
@@ -2006,7 +2009,7 @@ func TestRFCStorableStatuses(t *testing.T) {
 		{path: "/s/200-must-understand", headers: []string{"Cache-Control: max-age=60, must-understand, no-store"}, stored: true, maxTTL: 60, minTTL: 50},
 	})
 	t.Run("a fresh 500 does not replace a stale entry under stale-if-error", func(t *testing.T) {
-		const p = "/s/sie"
+		const p = "/sie/doc"
 		var failing atomic.Bool
 		e.u.Handle(p, func(w http.ResponseWriter, r *http.Request) {
 			if failing.Load() {
