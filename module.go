@@ -118,8 +118,11 @@ type Handler struct {
 	// origin says. Default: 24h.
 	MaxTTL caddy.Duration `json:"max_ttl,omitempty"`
 
-	// CacheableStatus lists the response status codes that may be stored.
-	// Default: 200, 203, 204, 300, 301, 404, 410.
+	// CacheableStatus lists the response status codes that get a route's
+	// ttl (never a 5xx) or heuristic freshness when the origin gives no
+	// explicit freshness. Any other status the cache understands is stored
+	// only with the origin's explicit freshness (for a 4xx or 5xx: s-maxage
+	// or a targeted field). Default: 200, 203, 204, 300, 301, 404, 410.
 	CacheableStatus []int `json:"status,omitempty"`
 
 	// PurgeHeader is the response header through which the upstream names
