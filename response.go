@@ -430,19 +430,20 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 }
 
 // freshness is a response's freshness lifetime in this cache, or why its
-// status keeps it out. The origin's explicit freshness makes any status
-// the cache understands storable (RFC 9111 §3), an unlisted 4xx or 5xx only
+// status keeps it out. The origin's explicit freshness makes any final
+// status storable (RFC 9111 §3; with must-understand, only one the cache
+// understands), an unlisted 4xx or 5xx only
 // when it is s-maxage or a targeted field; the configured status list
 // only says which statuses get the route's ttl or a heuristic lifetime
 // (§4.2.2) when the origin gives none. A route's ttl never applies to an
 // error, even when forced.
 func (h *Handler) freshness(rt *Route, status int, cc cacheControl, targeted bool, hdr http.Header, now time.Time) (time.Duration, string) {
 	listed := h.cacheable[status] // an operator's list extends what is understood
-	if status < 200 || !(understoodStatus(status) || listed) {
-		if cc.has("must-understand") {
-			return 0, "must-understand"
-		}
+	switch {
+	case !listed && !storableStatus(status):
 		return 0, "status"
+	case cc.has("must-understand") && !listed && !understoodStatus(status):
+		return 0, "must-understand"
 	}
 	date, ok := parseHTTPDate(hdr.Get("Date"))
 	if !ok {

@@ -339,11 +339,16 @@ func heuristicFreshness(lastModified, date time.Time, percent int, limit time.Du
 	return min(since/100*time.Duration(percent), limit)
 }
 
+// storableStatus reports whether a response with this status may be
+// stored at all (RFC 9111 §3): a final status, and not 206 or 304, since
+// only complete responses are stored.
+func storableStatus(status int) bool {
+	return status >= 200 && status != 206 && status != 304
+}
+
 // understoodStatus reports whether this cache knows a final status code's
 // semantics (RFC 9110 §15), which storing it requires when the response
-// says must-understand (RFC 9111 §3, §5.2.2.3), and which makes an error or
-// redirect with explicit freshness storable. 206 and 304 are not stored:
-// only complete responses are.
+// says must-understand (RFC 9111 §3, §5.2.2.3).
 func understoodStatus(status int) bool {
 	switch {
 	case status >= 200 && status <= 205,

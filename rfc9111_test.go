@@ -201,6 +201,18 @@ func TestRFC9111HeuristicFreshness(t *testing.T) {
 	}
 }
 
+func TestRFC9111StorableStatus(t *testing.T) {
+	for status, want := range map[int]bool{
+		200: true, 299: true, 302: true, 499: true, 500: true, 599: true, // any final status (RFC 9111 §3)
+		100: false, 103: false, // interim
+		206: false, 304: false, // not complete responses (RFC 9111 §3.3, §4.3.4)
+	} {
+		if got := storableStatus(status); got != want {
+			t.Errorf("storableStatus(%d) = %v, want %v", status, got, want)
+		}
+	}
+}
+
 func TestRFC9111UnderstoodStatus(t *testing.T) {
 	for status, want := range map[int]bool{
 		200: true, 203: true, 302: true, 307: true, 308: true, 400: true, 404: true,

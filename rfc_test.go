@@ -2005,6 +2005,8 @@ func TestRFCStorableStatuses(t *testing.T) {
 		{path: "/s/503-route-ttl", status: 503},
 		{path: "/s/400-route-ttl", status: 400},
 		{path: "/s/599-max-age", status: 599, headers: []string{"Cache-Control: max-age=60"}},
+		{path: "/s/599-s-maxage", status: 599, headers: []string{"Cache-Control: s-maxage=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/299-max-age", status: 299, headers: []string{"Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
 		{path: "/s/299-must-understand", status: 299, headers: []string{"Cache-Control: max-age=60, must-understand, no-store"}},
 		{path: "/s/200-must-understand", headers: []string{"Cache-Control: max-age=60, must-understand, no-store"}, stored: true, maxTTL: 60, minTTL: 50},
 	})

@@ -342,6 +342,9 @@ func TestFreshnessAndCacheability(t *testing.T) {
 		{"route ttl never applies to an error", rt, 503, http.Header{}, 0, "status"},
 		{"forced ttl never applies to an error", forced, 500, http.Header{"Cache-Control": {"s-maxage=30"}}, 30 * time.Second, ""},
 		{"RFC 9111 §5.2.2.3: must-understand, unknown status", rt, 299, http.Header{"Cache-Control": {"max-age=30, must-understand, no-store"}}, 0, "must-understand"},
+		{"RFC 9111 §3: unknown status with max-age", rt, 299, http.Header{"Cache-Control": {"max-age=30"}}, 30 * time.Second, ""},
+		{"RFC 9111 §3: unknown status, route ttl never applies", rt, 299, http.Header{}, 0, "status"},
+		{"RFC 9111 §3: 206 is not stored", rt, 206, http.Header{"Cache-Control": {"max-age=30"}}, 0, "status"},
 		{"RFC 9111 §5.2.2.3: must-understand overrides no-store", rt, 200, http.Header{"Cache-Control": {"max-age=30, must-understand, no-store"}}, 30 * time.Second, ""},
 		{"RFC 9111 §4.2.2: heuristic", noTTL, 200, http.Header{"Last-Modified": {now.Add(-10 * time.Hour).UTC().Format(http.TimeFormat)}, "Date": {now.UTC().Format(http.TimeFormat)}}, time.Hour, ""},
 	}
