@@ -387,3 +387,33 @@ func TestRFC9111NormalizeWeightedList(t *testing.T) {
 		}
 	}
 }
+
+func TestRFC9111ParseSFDictionary(t *testing.T) {
+	cases := []struct {
+		sec  string
+		in   string
+		want []sfMember // nil: a parse error
+	}{
+		{"RFC 8941 §4.2.2 Boolean true by default", "a", []sfMember{{"a", sfBoolean, "1"}}},
+		{"RFC 8941 §4.2.8 explicit Boolean", "a=?0", []sfMember{{"a", sfBoolean, "0"}}},
+		{"RFC 8941 §4.2.4 Integer", "a=-12", []sfMember{{"a", sfInteger, "-12"}}},
+		{"RFC 8941 §4.2.4 Integer of 16 digits", "a=1234567890123456", nil},
+		{"RFC 8941 §4.2.4 Decimal", "a=1.5", []sfMember{{"a", sfDecimal, ""}}},
+		{"RFC 8941 §4.2.4 Decimal with four fraction digits", "a=1.5555", nil},
+		{"RFC 8941 §4.2.5 String with escapes", `a="x\"y"`, []sfMember{{"a", sfString, ""}}},
+		{"RFC 8941 §4.2.5 String with a bad escape", `a="x\y"`, nil},
+		{"RFC 8941 §4.2.6 Token", "a=foo/bar", []sfMember{{"a", sfToken, ""}}},
+		{"RFC 8941 §4.2.7 Byte Sequence", "a=:aGk=:", []sfMember{{"a", sfBytes, ""}}},
+		{"RFC 8941 §4.1.1 Inner List with parameters", `a=("x" y);p=1`, []sfMember{{"a", sfInnerList, ""}}},
+		{"RFC 8941 §4.2.2 last duplicate wins", "a=1, a=2", []sfMember{{"a", sfInteger, "2"}}},
+		{"RFC 8941 §4.2.2 OWS around commas", "a=1 ,\tb", []sfMember{{"a", sfInteger, "1"}, {"b", sfBoolean, "1"}}},
+		{"RFC 8941 §4.2.3.3 key must start lower-case", "A=1", nil},
+		{"RFC 8941 §4.2.2 empty member", "a,,b", nil},
+	}
+	for _, tc := range cases {
+		got, ok := parseSFDictionary(tc.in)
+		if (tc.want == nil) != !ok || (ok && !reflect.DeepEqual(got, tc.want)) {
+			t.Errorf("%s: parseSFDictionary(%q) = %v, %v; want %v", tc.sec, tc.in, got, ok, tc.want)
+		}
+	}
+}
