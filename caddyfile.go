@@ -46,6 +46,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		purge_header <name>
 //		tags_header <name>
 //		request_cache_control ignore|honor
+//		targeted_cache_control <field...>
+//		stale_if_unreachable <duration>|off
 //		coalesce
 //		coalesce_wait <duration>
 //		fetch_timeout <duration>
@@ -64,6 +66,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			stale_if_error <duration>
 //			cache_control <value>
 //			content_type <media-type...>
+//			heuristic <percent>|off
 //		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -192,6 +195,19 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 			}
 			h.CacheableStatus = append(h.CacheableStatus, code)
 		}
+	case "stale_if_unreachable":
+		var arg string
+		if arg, err = singleArg(d); err == nil {
+			h.StaleIfUnreachable, err = durationOrOff(d, name, arg)
+		}
+	case "targeted_cache_control":
+		if h.TargetedCacheControl, err = listArg(d); err == nil {
+			for _, name := range h.TargetedCacheControl {
+				if !isToken(name) {
+					return d.Errf("targeted_cache_control %q: not a header field name", name)
+				}
+			}
+		}
 	case "purge_header":
 		h.PurgeHeader, err = singleArg(d)
 	case "tags_header":
@@ -301,6 +317,11 @@ func (rt *Route) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		rt.CacheControl, err = singleArg(d)
 	case "content_type":
 		rt.ContentTypes, err = listArg(d)
+	case "heuristic":
+		var arg string
+		if arg, err = singleArg(d); err == nil {
+			rt.Heuristic, err = parseHeuristic(d, arg)
+		}
 	default:
 		return d.Errf("route %q: unknown subdirective %q", rt.Name, name)
 	}
@@ -308,6 +329,30 @@ func (rt *Route) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		return fmt.Errorf("route %q: %w", rt.Name, err)
 	}
 	return nil
+}
+
+// durationOrOff reads a positive duration, or "off" as -1.
+func durationOrOff(d *caddyfile.Dispenser, name, arg string) (caddy.Duration, error) {
+	if arg == "off" {
+		return -1, nil
+	}
+	dur, err := caddy.ParseDuration(arg)
+	if err != nil || dur <= 0 {
+		return 0, d.Errf("%s %q: must be a positive duration (e.g. 10m) or off", name, arg)
+	}
+	return caddy.Duration(dur), nil
+}
+
+// parseHeuristic reads "off" or a percentage such as "10" or "10%".
+func parseHeuristic(d *caddyfile.Dispenser, arg string) (int, error) {
+	if arg == "off" {
+		return -1, nil
+	}
+	n, err := strconv.Atoi(strings.TrimSuffix(arg, "%"))
+	if err != nil || n < 1 || n > 100 {
+		return 0, d.Errf("heuristic %q: must be a percentage from 1 to 100, or off", arg)
+	}
+	return n, nil
 }
 
 func singleArg(d *caddyfile.Dispenser) (string, error) {

@@ -89,7 +89,7 @@ func (h *Handler) uncacheableRequest(r *http.Request, rt *Route, canonical bool)
 		return "non-canonical-path"
 	case hasRequestBody(r):
 		return "request-body"
-	case hasHeader(r.Header, "Range"):
+	case hasHeader(r.Header, "Range") && (len(r.Header.Values("Range")) > 1 || !isBytesRange(r.Header.Get("Range"))):
 		return "range"
 	case !rt.trustsCredentials() && hasHeader(r.Header, "Cookie"):
 		return "cookie"
@@ -433,6 +433,9 @@ func (cr *cacheRequest) serveEntryAs(w http.ResponseWriter, e *entry, xcache, st
 		w.WriteHeader(http.StatusNotModified)
 		return nil
 	}
+	if cr.serveRange(w, e) {
+		return nil
+	}
 	hdr.Set("Content-Length", strconv.Itoa(len(e.body)))
 	w.WriteHeader(e.status)
 	if cr.r.Method != http.MethodHead && len(e.body) > 0 {
@@ -560,7 +563,7 @@ func (cr *cacheRequest) fetchDirect(w http.ResponseWriter, fwd string, share **f
 		return err
 	}
 	if err != nil || mode == modeDiscard {
-		if cr.stale != nil && cr.withinStale(cr.stale, cr.stale.age(time.Now()), cr.stale.sie) {
+		if cr.stale != nil && cr.withinStale(cr.stale, cr.stale.age(time.Now()), cr.staleWindow(err)) {
 			status := "fwd=stale; "
 			if cw.status != 0 {
 				status += "fwd-status=" + strconv.Itoa(cw.status) + "; "
@@ -657,18 +660,25 @@ func (h *Handler) count(rt *Route, xcache string) {
 }
 
 // upstreamRequest is the request sent upstream on a miss: HEAD becomes
-// GET so the answer can be stored, and client validators are dropped so the
-// upstream answers in full; the client still gets its 304 from us.
+// GET so the answer can be stored, and Range and the preconditions the
+// cache evaluates itself are dropped so the upstream answers in full; the
+// client still gets its range from us. A stale entry is revalidated with
+// its own validators. Without one, the client's If-None-Match and
+// If-Modified-Since go upstream (RFC 9111 §4.3.1), so that the origin's
+// 304 reaches the client (unstored); a 200 is stored as usual.
 func (cr *cacheRequest) upstreamRequest() *http.Request {
 	r := cr.r
 	etag, lastModified := cr.staleValidators()
-	if r.Method == http.MethodGet && etag == "" && lastModified == "" &&
-		!hasHeader(r.Header, "If-None-Match") && !hasHeader(r.Header, "If-Modified-Since") {
+	drop := []string{"If-Match", "If-Unmodified-Since", "If-Range", "Range"}
+	if cr.stale != nil {
+		drop = append(drop, "If-None-Match", "If-Modified-Since")
+	}
+	if r.Method == http.MethodGet && etag == "" && lastModified == "" && !hasAnyHeader(r.Header, drop) {
 		return r
 	}
 	up := r.Clone(r.Context())
 	up.Method = http.MethodGet
-	for _, name := range []string{"If-None-Match", "If-Modified-Since", "If-Match", "If-Unmodified-Since", "If-Range"} {
+	for _, name := range drop {
 		up.Header.Del(name)
 	}
 	if etag != "" {
@@ -678,6 +688,15 @@ func (cr *cacheRequest) upstreamRequest() *http.Request {
 		up.Header.Set("If-Modified-Since", lastModified)
 	}
 	return up
+}
+
+func hasAnyHeader(hdr http.Header, names []string) bool {
+	for _, name := range names {
+		if hasHeader(hdr, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // staleValidators returns the validators of the stale entry being
@@ -746,44 +765,6 @@ func (h *Handler) logStoreError(op string, err error) {
 	if c := h.logger.Check(zap.DebugLevel, "cache store error"); c != nil {
 		c.Write(zap.String("op", op), zap.Error(err))
 	}
-}
-
-// notModified evaluates a client's conditional GET against a stored
-// response (RFC 9110 §13.2.2: If-None-Match wins over If-Modified-Since).
-func notModified(r *http.Request, stored http.Header) bool {
-	if inm := r.Header.Get("If-None-Match"); inm != "" {
-		etag := stored.Get("ETag")
-		if etag == "" {
-			return false
-		}
-		return etagMatches(inm, etag)
-	}
-	ims := r.Header.Get("If-Modified-Since")
-	if ims == "" {
-		return false
-	}
-	since, err := http.ParseTime(ims)
-	if err != nil {
-		return false
-	}
-	lm := stored.Get("Last-Modified")
-	if lm == "" {
-		return false
-	}
-	modified, err := http.ParseTime(lm)
-	return err == nil && !modified.After(since)
-}
-
-// etagMatches implements the weak comparison of If-None-Match.
-func etagMatches(header, etag string) bool {
-	etag = strings.TrimPrefix(etag, "W/")
-	for _, candidate := range strings.Split(header, ",") {
-		candidate = strings.TrimSpace(candidate)
-		if candidate == "*" || strings.TrimPrefix(candidate, "W/") == etag {
-			return true
-		}
-	}
-	return false
 }
 
 // Interface guards

@@ -39,6 +39,9 @@ const (
 	defaultPurgeHeader     = "X-Cache-Purge"
 	defaultTagsHeader      = "X-Cache-Tags"
 	maxKeyPartLength       = 96
+	// defaultStaleIfUnreachable matches revalidationWindow, how long the
+	// store keeps an entry with a validator past its freshness.
+	defaultStaleIfUnreachable = 10 * time.Minute
 )
 
 var defaultCacheableStatus = []int{200, 203, 204, 300, 301, 404, 410}
@@ -125,8 +128,11 @@ type Handler struct {
 	// origin says. Default: 24h.
 	MaxTTL caddy.Duration `json:"max_ttl,omitempty"`
 
-	// CacheableStatus lists the response status codes that may be stored.
-	// Default: 200, 203, 204, 300, 301, 404, 410.
+	// CacheableStatus lists the response status codes that get a route's
+	// ttl (never a 5xx) or heuristic freshness when the origin gives no
+	// explicit freshness. Any other status the cache understands is stored
+	// only with the origin's explicit freshness (for a 4xx or 5xx: s-maxage
+	// or a targeted field). Default: 200, 203, 204, 300, 301, 404, 410.
 	CacheableStatus []int `json:"status,omitempty"`
 
 	// PurgeHeader is the response header through which the upstream names
@@ -182,6 +188,22 @@ type Handler struct {
 	// that does not fit streams through to the client unstored
 	// (Cache-Status detail=budget). Default: 256 MiB.
 	InflightBudget int64 `json:"inflight_budget,omitempty"`
+
+	// TargetedCacheControl lists the targeted cache-control fields (RFC
+	// 9213) this cache obeys, in order of precedence. The first one in a
+	// response with a valid, non-empty value replaces Cache-Control and
+	// Expires for this cache; clients still receive every field as the
+	// origin sent it. Default: ["CDN-Cache-Control"]; add
+	// "Surrogate-Control" for origins written for Fastly or Akamai.
+	TargetedCacheControl []string `json:"targeted_cache_control,omitempty"`
+
+	// StaleIfUnreachable lets a stale entry be served, up to this long past
+	// its freshness, when the origin cannot be reached at all (RFC 9111
+	// §4.2.4), unless it says must-revalidate, proxy-revalidate, s-maxage
+	// or no-cache. It applies to entries still in the store, which keeps
+	// those with a validator 10 minutes past their freshness. Default: 10m;
+	// -1 (Caddyfile: off) turns it off.
+	StaleIfUnreachable caddy.Duration `json:"stale_if_unreachable,omitempty"`
 
 	// Routes are tried in order; the first whose path pattern matches the
 	// request handles it.
@@ -283,13 +305,20 @@ type Route struct {
 	// deception through paths like /api/me.css.
 	ContentTypes []string `json:"content_types,omitempty"`
 
-	matcher   pathMatcher
-	keyRepl   bool
-	keyParts  []keyTemplatePart
-	stats     routeStats
-	purgeURI  bool
-	routeGen  string
-	invalGens []string
+	// Heuristic is the percentage of the time since Last-Modified that a
+	// response without explicit freshness (and no route ttl) stays fresh,
+	// capped at 24h (RFC 9111 §4.2.2), for the listed statuses that allow
+	// it. Default: 10; -1 turns heuristic freshness off.
+	Heuristic int `json:"heuristic,omitempty"`
+
+	matcher          pathMatcher
+	heuristicPercent int
+	keyRepl          bool
+	keyParts         []keyTemplatePart
+	stats            routeStats
+	purgeURI         bool
+	routeGen         string
+	invalGens        []string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -388,6 +417,15 @@ func (h *Handler) setDefaults() {
 	if h.TagsHeader == "" {
 		h.TagsHeader = defaultTagsHeader
 	}
+	switch {
+	case h.StaleIfUnreachable == 0:
+		h.StaleIfUnreachable = caddy.Duration(defaultStaleIfUnreachable)
+	case h.StaleIfUnreachable < 0:
+		h.StaleIfUnreachable = 0
+	}
+	if len(h.TargetedCacheControl) == 0 {
+		h.TargetedCacheControl = defaultTargetedFields
+	}
 }
 
 func (h *Handler) compileRoutes() error {
@@ -403,6 +441,10 @@ func (h *Handler) compileRoutes() error {
 		}
 		rt.matcher = m
 		rt.purgeURI = rt.Purge == "uri"
+		rt.heuristicPercent = rt.Heuristic
+		if rt.Heuristic == 0 {
+			rt.heuristicPercent = defaultHeuristicPercent
+		}
 		rt.keyRepl = rt.Key != ""
 		if rt.keyParts, err = parseKeyTemplate(rt.Key, rt.KeyOptional); err != nil {
 			return fmt.Errorf("route %q: %v", rt.Name, err)
@@ -455,6 +497,11 @@ func (h *Handler) Validate() error {
 	for _, code := range h.PurgeStatus {
 		if code < 200 || code > 399 {
 			return fmt.Errorf("purge_status %d: must be a 2xx or 3xx status (errors never purge)", code)
+		}
+	}
+	for _, name := range h.TargetedCacheControl {
+		if !isToken(name) {
+			return fmt.Errorf("targeted_cache_control %q: not a header field name", name)
 		}
 	}
 	for _, m := range h.PurgeOn {
@@ -510,6 +557,9 @@ func (rt *Route) validate() error {
 	}
 	if rt.ForceTTL && rt.TTL <= 0 {
 		return fmt.Errorf("route %q: force_ttl needs a ttl greater than zero", rt.Name)
+	}
+	if rt.Heuristic < -1 || rt.Heuristic > 100 {
+		return fmt.Errorf("route %q: heuristic %d: must be a percentage from 1 to 100, or -1 for off", rt.Name, rt.Heuristic)
 	}
 	switch rt.Purge {
 	case "", "route", "uri":

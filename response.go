@@ -310,9 +310,18 @@ func varyValues(names []string, r *http.Request) []string {
 }
 
 // headerValue is a request header's values as one string, the form in
-// which keys and Vary matching compare them.
+// which keys and Vary matching compare them. Accept-Encoding and
+// Accept-Language are normalised (normalizeWeightedList), so that requests
+// the origin cannot tell apart share one entry.
 func headerValue(r *http.Request, name string) string {
-	return strings.Join(r.Header.Values(name), ", ")
+	vals := r.Header.Values(name)
+	switch {
+	case strings.EqualFold(name, "Accept-Encoding"):
+		return normalizeWeightedList(vals, true)
+	case strings.EqualFold(name, "Accept-Language"):
+		return normalizeWeightedList(vals, false)
+	}
+	return strings.Join(vals, ", ")
 }
 
 // cleanForStore removes what a stored response must not carry: the
@@ -386,9 +395,6 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 	if isEventStream(hdr) || hasHeader(hdr, "Incremental") {
 		return storePlan{}, "streaming"
 	}
-	if !h.cacheable[status] {
-		return storePlan{}, "status"
-	}
 	if cr.reqCC.noStore {
 		return storePlan{}, "request-no-store"
 	}
@@ -397,9 +403,22 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 			return storePlan{}, "too-large"
 		}
 	}
-	cc := parseCacheControl(hdr.Values("Cache-Control"))
+	now := time.Now()
+	if isErrorStatus(status) && cr.stale != nil && cr.withinStale(cr.stale, cr.stale.age(now), cr.stale.sie) {
+		// stale-if-error: the stale entry stands in for the error, which
+		// is not stored over it even when the origin made it fresh.
+		return storePlan{}, "upstream-error"
+	}
+	cc, targeted := responseDirectives(hdr, h.TargetedCacheControl)
+	freshFor, reason := h.freshness(rt, status, cc, targeted, hdr, now)
+	if reason != "" {
+		return storePlan{}, reason
+	}
+	mustUnderstand := cc.has("must-understand") // status understood, checked above
 	switch {
-	case cc.has("no-store"):
+	case cc.has("no-store") && !mustUnderstand:
+		// §5.2.2.3: a cache that understands the status ignores no-store
+		// when must-understand is present.
 		return storePlan{}, "no-store"
 	case cc.has("private"):
 		return storePlan{}, "private"
@@ -418,14 +437,13 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 	if len(rt.ContentTypes) > 0 && !rt.allowsContentTypes(hdr.Values("Content-Type")) {
 		return storePlan{}, "content-type"
 	}
-	now := time.Now()
-	plan := storePlan{responseTime: now}
+	plan := storePlan{responseTime: now, freshFor: freshFor}
 	plan.initialAge = initialAge(hdr, requestTime, now)
-	plan.freshFor = freshnessLifetime(rt, cc, hdr, now)
 	plan.swr = max(time.Duration(rt.StaleWhileRevalidate), cc.seconds("stale-while-revalidate"))
 	plan.sie = max(time.Duration(rt.StaleIfError), cc.seconds("stale-if-error"))
-	if cc.has("must-revalidate") || cc.has("proxy-revalidate") || (cc.has("s-maxage") && !rt.ForceTTL) {
-		// s-maxage implies proxy-revalidate for a shared cache (§5.2.2.10).
+	if cc.has("must-revalidate") || cc.has("proxy-revalidate") || (cc.has("s-maxage") && !rt.ForceTTL) || isErrorStatus(status) {
+		// s-maxage implies proxy-revalidate for a shared cache
+		// (§5.2.2.10); a stale error is never worth serving.
 		plan.swr, plan.sie = 0, 0
 	}
 	plan.noCache = cc.has("no-cache") && !rt.ForceTTL
@@ -450,6 +468,52 @@ func (h *Handler) cacheability(cr *cacheRequest, status int, hdr http.Header, re
 	return plan, ""
 }
 
+// freshness is a response's freshness lifetime in this cache, or why its
+// status keeps it out. The origin's explicit freshness makes any final
+// status storable (RFC 9111 §3; with must-understand, only one the cache
+// understands), an unlisted 4xx or 5xx only
+// when it is s-maxage or a targeted field; the configured status list
+// only says which statuses get the route's ttl or a heuristic lifetime
+// (§4.2.2) when the origin gives none. A route's ttl never applies to an
+// error, even when forced.
+func (h *Handler) freshness(rt *Route, status int, cc cacheControl, targeted bool, hdr http.Header, now time.Time) (time.Duration, string) {
+	listed := h.cacheable[status] // an operator's list extends what is understood
+	switch {
+	case !listed && !storableStatus(status):
+		return 0, "status"
+	case cc.has("must-understand") && !listed && !understoodStatus(status):
+		return 0, "must-understand"
+	}
+	date, ok := parseHTTPDate(hdr.Get("Date"))
+	if !ok {
+		date = now
+	}
+	expires := hdr.Values("Expires")
+	if targeted {
+		expires = nil // RFC 9213 §2.2
+	}
+	lifetime, explicit := explicitFreshness(cc, expires, date)
+	switch {
+	case rt.ForceTTL && !isErrorStatus(status) && listed:
+		return time.Duration(rt.TTL), ""
+	case explicit && !listed && status >= 400 && !cc.has("s-maxage") && !targeted:
+		// An unlisted error needs freshness meant for shared caches: a
+		// framework's blanket max-age on an error that an odd, unkeyed
+		// request header provoked must not poison the entry (CPDoS).
+		return 0, "status"
+	case explicit:
+		return lifetime, ""
+	case !listed:
+		return 0, "status"
+	case rt.TTL > 0 && !isErrorStatus(status):
+		return time.Duration(rt.TTL), ""
+	}
+	if lm, ok := parseHTTPDate(hdr.Get("Last-Modified")); ok && heuristicallyCacheable(status) && rt.heuristicPercent > 0 {
+		return heuristicFreshness(lm, date, rt.heuristicPercent, heuristicLimit), ""
+	}
+	return 0, ""
+}
+
 func (rt *Route) allowsContentType(ct string) bool {
 	mt, _, err := mime.ParseMediaType(ct)
 	if err != nil {
@@ -461,107 +525,6 @@ func (rt *Route) allowsContentType(ct string) bool {
 		}
 	}
 	return false
-}
-
-// freshnessLifetime follows RFC 9111 §4.2.1 for a shared cache, with the
-// route's TTL as the default when the origin says nothing, or as the rule
-// when the route forces it.
-func freshnessLifetime(rt *Route, cc cacheControl, hdr http.Header, now time.Time) time.Duration {
-	if rt.ForceTTL {
-		return time.Duration(rt.TTL)
-	}
-	if v, ok := cc.get("s-maxage"); ok {
-		return parseSeconds(v)
-	}
-	if v, ok := cc.get("max-age"); ok {
-		return parseSeconds(v)
-	}
-	if exp := hdr.Get("Expires"); exp != "" {
-		t, err := http.ParseTime(exp)
-		if err != nil {
-			return 0 // an invalid Expires means already expired
-		}
-		date := now
-		if d, err := http.ParseTime(hdr.Get("Date")); err == nil {
-			date = d
-		}
-		return t.Sub(date)
-	}
-	return time.Duration(rt.TTL)
-}
-
-// initialAge is RFC 9111 §4.2.3's corrected_initial_age.
-func initialAge(hdr http.Header, requestTime, responseTime time.Time) time.Duration {
-	var apparent time.Duration
-	if date := hdr.Get("Date"); date != "" {
-		if d, err := http.ParseTime(date); err == nil {
-			// Date has one-second resolution: compare at that resolution,
-			// or every response would look up to a second old on arrival.
-			apparent = max(0, responseTime.Truncate(time.Second).Sub(d))
-		}
-	}
-	var ageValue time.Duration
-	if a := hdr.Get("Age"); a != "" {
-		ageValue = parseSeconds(a)
-	}
-	corrected := ageValue + responseTime.Sub(requestTime)
-	return max(apparent, corrected)
-}
-
-// parseSeconds reads a delta-seconds value; anything invalid is zero and an
-// overflow saturates (RFC 9111 §1.2.2).
-func parseSeconds(v string) time.Duration {
-	v = strings.Trim(strings.TrimSpace(v), `"`)
-	n, err := strconv.ParseInt(v, 10, 64)
-	if err != nil {
-		if ne, ok := err.(*strconv.NumError); ok && ne.Err == strconv.ErrRange && !strings.HasPrefix(v, "-") {
-			return time.Duration(1<<31-1) * time.Second
-		}
-		return 0
-	}
-	if n < 0 {
-		return 0
-	}
-	if n > 1<<31-1 {
-		n = 1<<31 - 1
-	}
-	return time.Duration(n) * time.Second
-}
-
-// cacheControl is a parsed Cache-Control field: directive names in lower
-// case, with their argument if any.
-type cacheControl map[string]string
-
-func parseCacheControl(values []string) cacheControl {
-	cc := cacheControl{}
-	for _, v := range values {
-		for _, part := range strings.Split(v, ",") {
-			part = strings.TrimSpace(part)
-			if part == "" {
-				continue
-			}
-			name, arg, _ := strings.Cut(part, "=")
-			name = strings.ToLower(strings.TrimSpace(name))
-			if _, dup := cc[name]; !dup {
-				cc[name] = strings.TrimSpace(arg)
-			}
-		}
-	}
-	return cc
-}
-
-func (cc cacheControl) has(name string) bool { _, ok := cc[name]; return ok }
-
-func (cc cacheControl) get(name string) (string, bool) {
-	v, ok := cc[name]
-	return v, ok
-}
-
-func (cc cacheControl) seconds(name string) time.Duration {
-	if v, ok := cc[name]; ok {
-		return parseSeconds(v)
-	}
-	return 0
 }
 
 // stampWriter marks a response that went to the upstream without the cache
@@ -686,8 +649,20 @@ func (d requestDirectives) acceptsFresh(e *entry, now time.Time) bool {
 // acceptsStale reports whether the client's max-stale lets a stale e be
 // served without revalidation.
 func (d requestDirectives) acceptsStale(e *entry, now time.Time) bool {
-	if d.maxStale < 0 || e.noCache || e.mustRevalidate() {
+	if d.maxStale < 0 || e.noCache || e.mustRevalidate() || isErrorStatus(e.status) {
 		return false
 	}
 	return e.age(now)-e.freshFor <= d.maxStale
+}
+
+// staleWindow is how long past its freshness the stale entry may stand in
+// for a failed upstream: its stale-if-error or, when the origin could not
+// be reached at all (err is set), up to stale_if_unreachable (RFC 9111
+// §4.2.4), unless the origin forbade serving it stale or it is an error.
+func (cr *cacheRequest) staleWindow(err error) time.Duration {
+	e := cr.stale
+	if err == nil || e.noCache || e.mustRevalidate() || isErrorStatus(e.status) {
+		return e.sie
+	}
+	return max(e.sie, time.Duration(cr.h.StaleIfUnreachable))
 }

@@ -370,8 +370,10 @@ func TestRFCFreshnessAndStorage(t *testing.T) {
 		{path: "/fresh/vary-star", headers: []string{"Cache-Control: max-age=600", "Vary: *"}, detail: "vary-star"},
 		{path: "/fresh/vary-star-listed", headers: []string{"Vary: Accept-Encoding, *"}, detail: "vary-star"},
 		{path: "/fresh/set-cookie", headers: []string{"Cache-Control: max-age=600", "Set-Cookie: sid=secret"}, detail: "set-cookie"},
-		{path: "/fresh/500", status: 500, headers: []string{"Cache-Control: max-age=600"}, detail: "status"},
-		{path: "/fresh/302", status: 302, headers: []string{"Location: /elsewhere", "Cache-Control: max-age=600"}, detail: "status"},
+		// Unlisted statuses: the route ttl never applies (RFC 9111 §3
+		// lets explicit freshness store them; see TestRFCStorableStatuses).
+		{path: "/fresh/500", status: 500, detail: "status"},
+		{path: "/fresh/302", status: 302, headers: []string{"Location: /elsewhere"}, detail: "status"},
 		{path: "/fresh/201", status: 201, detail: "status"},
 		{path: "/fresh/400", status: 400, detail: "status"},
 		{path: "/fresh/403", status: 403, detail: "status"},
@@ -1022,11 +1024,13 @@ func TestRFCConditionalRequests(t *testing.T) {
 		})
 	}
 
-	t.Run("conditional miss: full fetch upstream, 304 to the client", func(t *testing.T) {
+	t.Run("conditional miss: an origin 200 is stored, 304 to the client", func(t *testing.T) {
 		r, b := e.get(t, "/cond/first", `If-None-Match: "abc"`)
 		rfcWant(t, "conditional miss", r, b, 304, "MISS", "fwd=uri-miss", "stored")
-		if h := e.u.LastHeaders("GET", "/cond/first"); h.Get("If-None-Match") != "" || h.Get("If-Modified-Since") != "" {
-			t.Fatalf("the client's validators reached the upstream: %v", h)
+		// With nothing stored, the client's validators go upstream (RFC
+		// 9111 §4.3.1); this origin ignores them.
+		if h := e.u.LastHeaders("GET", "/cond/first"); h.Get("If-None-Match") != `"abc"` {
+			t.Fatalf("the client's If-None-Match did not reach the upstream: %v", h)
 		}
 		r, b = e.get(t, "/cond/first")
 		rfcWant(t, "plain after conditional miss", r, b, 200, "HIT", "hit")
@@ -1034,6 +1038,44 @@ func TestRFCConditionalRequests(t *testing.T) {
 			t.Fatalf("plain after conditional miss: body %q", b)
 		}
 		rfcCalls(t, "conditional miss", e.u, "GET", "/cond/first", 1)
+	})
+
+	t.Run("conditional miss: the origin's 304 passes through unstored", func(t *testing.T) {
+		const p = "/cond/origin-304"
+		e.u.Handle(p, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("ETag", `"v9"`)
+			w.Header().Set("Cache-Control", "max-age=300")
+			if r.Header.Get("If-None-Match") == `"v9"` {
+				w.WriteHeader(http.StatusNotModified)
+				return
+			}
+			rfcWriteBody(w, r, 200)
+		})
+		r, b := e.get(t, p, `If-None-Match: "v9"`)
+		rfcWant(t, "origin 304", r, b, 304, "MISS", "fwd=uri-miss", "fwd-status=304", "!stored")
+		r, b = e.get(t, p)
+		rfcWant(t, "plain after an origin 304", r, b, 200, "MISS", "fwd=uri-miss", "stored")
+		r, b = e.get(t, p, `If-None-Match: "v9"`)
+		rfcWant(t, "conditional hit", r, b, 304, "HIT", "hit")
+		rfcCalls(t, "origin 304", e.u, "GET", p, 2)
+	})
+
+	t.Run("If-Modified-Since without Last-Modified compares with Date", func(t *testing.T) {
+		const p = "/cond/date-only"
+		date := time.Now().Add(-time.Minute).UTC().Truncate(time.Second)
+		e.u.Handle(p, rfcRespond(200, "Cache-Control: max-age=300", "Date: "+date.Format(http.TimeFormat)))
+		rfcPrime(t, e, p)
+		r, b := e.get(t, p, "If-Modified-Since: "+date.Format(http.TimeFormat))
+		rfcWant(t, "IMS = Date", r, b, 304, "HIT", "hit")
+		r, b = e.get(t, p, "If-Modified-Since: "+date.Add(-time.Hour).Format(http.TimeFormat))
+		rfcWant(t, "IMS before Date", r, b, 200, "HIT", "hit")
+	})
+
+	t.Run("unquoted and lower-case weak tags never match", func(t *testing.T) {
+		for _, inm := range []string{`abc`, `w/"abc"`} {
+			r, b := e.get(t, "/cond/doc", "If-None-Match: "+inm)
+			rfcWant(t, inm, r, b, 200, "HIT", "hit")
+		}
 	})
 }
 
@@ -1703,4 +1745,390 @@ func TestRFCConcurrentUsers(t *testing.T) {
 			t.Errorf("anonymous client got %d HITs", tl.hits)
 		}
 	}
+}
+
+// ---------------------------------------------------------------------------
+// Issue 13: targeted fields, Age and Expires parsing
+// ---------------------------------------------------------------------------
+
+// rfcStorageCase is one origin answer and whether the cache stores it.
+type rfcStorageCase struct {
+	path    string
+	status  int
+	headers []string
+	stored  bool
+	maxTTL  int // stored: the HIT's ttl may not exceed this (0: no check)
+	minTTL  int // stored: nor fall below this
+}
+
+// rfcCheckStorage asks for each case's path twice: a stored answer is a
+// MISS then a HIT with the same body and one upstream call; any other is
+// two MISSes that are not stored.
+func rfcCheckStorage(t *testing.T, e *rfcEnv, cases []rfcStorageCase) {
+	t.Helper()
+	for _, tc := range cases {
+		if tc.status == 0 {
+			tc.status = 200
+		}
+		e.u.Handle(tc.path, rfcRespond(tc.status, tc.headers...))
+	}
+	for _, tc := range cases {
+		tc := tc
+		if tc.status == 0 {
+			tc.status = 200
+		}
+		t.Run(strings.TrimPrefix(tc.path, "/"), func(t *testing.T) {
+			r1, b1 := e.get(t, tc.path)
+			if !tc.stored {
+				rfcWant(t, "first", r1, b1, tc.status, "MISS", "!stored")
+				r2, b2 := e.get(t, tc.path)
+				rfcWant(t, "second", r2, b2, tc.status, "MISS", "!stored")
+				rfcCalls(t, "not stored", e.u, "GET", tc.path, 2)
+				return
+			}
+			rfcWant(t, "first", r1, b1, tc.status, "MISS", "stored")
+			r2, b2 := e.get(t, tc.path)
+			rfcWant(t, "second", r2, b2, tc.status, "HIT", "hit")
+			if b2 != b1 {
+				t.Fatalf("HIT body %q, want the stored %q", b2, b1)
+			}
+			if ttl := rfcTTL(t, "second", r2); (tc.maxTTL > 0 && ttl > tc.maxTTL) || ttl < tc.minTTL {
+				t.Fatalf("HIT ttl=%d, want between %d and %d (headers %v)", ttl, tc.minTTL, tc.maxTTL, tc.headers)
+			}
+			rfcCalls(t, "MISS then HIT", e.u, "GET", tc.path, 1)
+		})
+	}
+}
+
+// TestRFCTargetedCacheControl covers RFC 9213: CDN-Cache-Control, when
+// valid, replaces Cache-Control and Expires for this cache in both
+// directions; an invalid field (not a Structured Field Dictionary) is
+// ignored as a whole; the field is passed on downstream.
+func TestRFCTargetedCacheControl(t *testing.T) {
+	e := rfcStart(t, "rfctc", `
+		route origin /o/*`)
+	rfcCheckStorage(t, e, []rfcStorageCase{
+		{path: "/o/cdn-private", headers: []string{"CDN-Cache-Control: private", "Cache-Control: max-age=10000", "Expires: @now+10000", "Date: @now"}},
+		{path: "/o/cdn-no-cache", headers: []string{"CDN-Cache-Control: no-cache", "Cache-Control: max-age=10000", "Expires: @now+10000", "Date: @now"}},
+		{path: "/o/cdn-no-store", headers: []string{"CDN-Cache-Control: no-store", "Cache-Control: max-age=10000", "Expires: @now+10000", "Date: @now"}},
+		{path: "/o/cdn-max-age-0", headers: []string{"CDN-Cache-Control: max-age=0", "Expires: @now+10000", "Date: @now"}},
+		{path: "/o/cdn-short-beats-cc", headers: []string{"CDN-Cache-Control: max-age=20", "Cache-Control: max-age=3600"}, stored: true, maxTTL: 20},
+		{path: "/o/cdn-fresh-cc-no-store", headers: []string{"CDN-Cache-Control: max-age=10000", "Cache-Control: no-store"}, stored: true, maxTTL: 10000, minTTL: 9990},
+		{path: "/o/cdn-fresh-past-expires", headers: []string{"CDN-Cache-Control: max-age=3600", "Expires: @now-10000", "Date: @now"}, stored: true, minTTL: 3590},
+		{path: "/o/cdn-fresh-invalid-expires", headers: []string{"CDN-Cache-Control: max-age=3600", "Expires: 0", "Date: @now"}, stored: true, minTTL: 3590},
+		{path: "/o/cdn-extension", headers: []string{"CDN-Cache-Control: foobar, max-age=3600"}, stored: true, minTTL: 3590},
+		// Not a Structured Field Dictionary: the field is ignored and
+		// Cache-Control decides.
+		{path: "/o/cdn-invalid-sf", headers: []string{"CDN-Cache-Control: max-age=10000, &&&&&", "Cache-Control: no-store"}},
+		{path: "/o/cdn-wrong-type", headers: []string{`CDN-Cache-Control: max-age="10000"`, "Cache-Control: no-store"}},
+		{path: "/o/cdn-space-before-equals", headers: []string{"CDN-Cache-Control: max-age =10000", "Cache-Control: max-age=30"}, stored: true, maxTTL: 30},
+		{path: "/o/cdn-space-after-equals", headers: []string{"CDN-Cache-Control: max-age= 10000", "Cache-Control: max-age=30"}, stored: true, maxTTL: 30},
+	})
+	t.Run("the field is passed on downstream", func(t *testing.T) {
+		const p = "/o/cdn-forwarded"
+		e.u.Handle(p, rfcRespond(200, "CDN-Cache-Control: max-age=600"))
+		for _, want := range []string{"MISS", "HIT"} {
+			r, b := e.get(t, p)
+			rfcWant(t, want, r, b, 200, want)
+			if got := r.Header.Get("CDN-Cache-Control"); got != "max-age=600" {
+				t.Fatalf("%s: CDN-Cache-Control %q, want the origin's max-age=600", want, got)
+			}
+		}
+	})
+}
+
+// TestRFCAgeAndExpiresParsing covers RFC 9111 §5.1 (a list-valued Age: the
+// first member counts; an invalid one is ignored) and §5.3 (an invalid
+// Expires, or several Expires lines, means already expired; dates follow
+// RFC 9110 §5.6.7 strictly, except that a lower-case "gmt" is accepted).
+func TestRFCAgeAndExpiresParsing(t *testing.T) {
+	e := rfcStart(t, "rfcae", `
+		route origin /o/*`)
+	rfcCheckStorage(t, e, []rfcStorageCase{
+		{path: "/o/age-list-old-first", headers: []string{"Cache-Control: max-age=3600", "Date: @now", "Age: 7200, 0"}},
+		{path: "/o/age-list-old-first-nospace", headers: []string{"Cache-Control: max-age=3600", "Date: @now", "Age: 7200,0"}},
+		{path: "/o/age-two-lines-old-first", headers: []string{"Cache-Control: max-age=3600", "Date: @now", "Age: 7200", "Age: 0"}},
+		{path: "/o/age-list-young-first", headers: []string{"Cache-Control: max-age=3600", "Date: @now", "Age: 0, 7200"}, stored: true, minTTL: 3590},
+		{path: "/o/age-invalid-first", headers: []string{"Cache-Control: max-age=3600", "Date: @now", "Age: old, 7200"}, stored: true, minTTL: 3590},
+		{path: "/o/age-suffix", headers: []string{"Cache-Control: max-age=3600", "Date: @now", "Age: 7200a"}, stored: true, minTTL: 3590},
+		{path: "/o/expires-one-digit-hour", headers: []string{"Expires: Thu, 18 Aug 2050 2:01:18 GMT", "Date: @now"}},
+		{path: "/o/expires-double-spaces", headers: []string{"Expires: Thu, 18  Aug  2050 02:01:18 GMT", "Date: @now"}},
+		{path: "/o/expires-two-lines", headers: []string{"Expires: @now+3600", "Expires: @now+7200", "Date: @now"}},
+		{path: "/o/expires-utc", headers: []string{"Expires: Thu, 18 Aug 2050 02:01:18 UTC", "Date: @now"}},
+		{path: "/o/expires-lower-gmt", headers: []string{"Expires: Thu, 18 Aug 2050 02:01:18 gmt", "Date: @now"}, stored: true, minTTL: 3600},
+		{path: "/o/expires-rfc850", headers: []string{"Expires: Thursday, 18-Aug-50 02:01:18 GMT", "Date: @now"}, stored: true, minTTL: 3600},
+		{path: "/o/expires-asctime", headers: []string{"Expires: Thu Aug 18 02:01:18 2050", "Date: @now"}, stored: true, minTTL: 3600},
+	})
+}
+
+// TestRFCRangeFromCache covers RFC 9110 §14 and RFC 9111 §3.4: a stored
+// complete 200 answers byte ranges with 206 (single, suffix, open-ended),
+// 416 when nothing is satisfiable, the whole 200 for several ranges or a
+// failed If-Range; a Range miss fetches the whole response without Range,
+// stores it and answers the range.
+func TestRFCRangeFromCache(t *testing.T) {
+	e := rfcStart(t, "rfcrange", `
+		route files /r/*`)
+	const body = "abcdefghijklmnopqrstuvwxyz"
+	lm := time.Now().Add(-time.Hour).UTC().Format(http.TimeFormat)
+	e.u.Handle("/r/doc", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=600")
+		w.Header().Set("ETag", `"v1"`)
+		w.Header().Set("Last-Modified", lm)
+		w.Header().Set("Date", time.Now().UTC().Format(http.TimeFormat))
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		_, _ = io.WriteString(w, body)
+	})
+	want206 := func(t *testing.T, label string, r *http.Response, b, part, contentRange string) {
+		t.Helper()
+		if r.StatusCode != http.StatusPartialContent || b != part || r.Header.Get("Content-Range") != contentRange {
+			t.Fatalf("%s: %d %q Content-Range %q, want 206 %q %q", label, r.StatusCode, b, r.Header.Get("Content-Range"), part, contentRange)
+		}
+	}
+
+	r, b := e.get(t, "/r/doc", "Range: bytes=0-4")
+	rfcWant(t, "range miss", r, b, http.StatusPartialContent, "MISS", "stored", "fwd-status=200")
+	want206(t, "range miss", r, b, "abcde", "bytes 0-4/26")
+	if h := e.u.LastHeaders("GET", "/r/doc"); h.Get("Range") != "" || h.Get("If-Range") != "" {
+		t.Fatalf("the miss sent Range to the upstream: %v", h)
+	}
+
+	cases := []struct {
+		name    string
+		headers []string
+		status  int
+		body    string
+		cr      string
+	}{
+		{"suffix", []string{"Range: bytes=-3"}, 206, "xyz", "bytes 23-25/26"},
+		{"open-ended", []string{"Range: bytes=20-"}, 206, "uvwxyz", "bytes 20-25/26"},
+		{"clipped", []string{"Range: bytes=24-99"}, 206, "yz", "bytes 24-25/26"},
+		{"unsatisfiable", []string{"Range: bytes=30-"}, 416, "", "bytes */26"},
+		{"several ranges: whole", []string{"Range: bytes=0-1,5-6"}, 200, body, ""},
+		{"invalid range: whole", []string{"Range: bytes=9-2"}, 200, body, ""},
+		{"If-Range strong ETag", []string{"Range: bytes=0-0", `If-Range: "v1"`}, 206, "a", "bytes 0-0/26"},
+		{"If-Range other ETag: whole", []string{"Range: bytes=0-0", `If-Range: "v0"`}, 200, body, ""},
+		{"If-Range weak ETag: whole", []string{"Range: bytes=0-0", `If-Range: W/"v1"`}, 200, body, ""},
+		{"If-Range Last-Modified", []string{"Range: bytes=1-1", "If-Range: " + lm}, 206, "b", "bytes 1-1/26"},
+		{"If-None-Match first", []string{"Range: bytes=0-0", `If-None-Match: "v1"`}, 304, "", ""},
+	}
+	for _, tc := range cases {
+		tc := tc
+		t.Run(tc.name, func(t *testing.T) {
+			r, b := e.get(t, "/r/doc", tc.headers...)
+			rfcWant(t, tc.name, r, b, tc.status, "HIT", "hit")
+			if b != tc.body || r.Header.Get("Content-Range") != tc.cr {
+				t.Fatalf("%s: body %q Content-Range %q, want %q %q", tc.name, b, r.Header.Get("Content-Range"), tc.body, tc.cr)
+			}
+		})
+	}
+	t.Run("HEAD with Range gets the whole headers", func(t *testing.T) {
+		r, b := e.do(t, http.MethodHead, "/r/doc", nil, "Range: bytes=0-4")
+		rfcWant(t, "HEAD", r, b, 200, "HIT", "hit")
+	})
+	rfcCalls(t, "every range from one fill", e.u, "GET", "/r/doc", 1)
+
+	t.Run("another unit skips the cache", func(t *testing.T) {
+		r, b := e.get(t, "/r/doc", "Range: items=0-1")
+		rfcWant(t, "items", r, b, 200, "SKIP", "fwd=bypass", "detail=range")
+	})
+}
+
+// TestRFCHeuristicFreshness covers RFC 9111 §4.2.2: without explicit
+// freshness or a route ttl, a heuristically cacheable response with
+// Last-Modified is fresh for a fraction of its age (10% by default, the
+// route's heuristic percentage, or not at all with heuristic off).
+func TestRFCHeuristicFreshness(t *testing.T) {
+	e := rfcStart(t, "rfcheur", `
+		route dflt /h/*
+		route half /half/* {
+			heuristic 50%
+		}
+		route off /off/* {
+			heuristic off
+		}`)
+	lm := func(ago time.Duration) string {
+		return "Last-Modified: " + time.Now().Add(-ago).UTC().Format(http.TimeFormat)
+	}
+	rfcCheckStorage(t, e, []rfcStorageCase{
+		{path: "/h/ten-hours-old", headers: []string{lm(10 * time.Hour), "Date: @now"}, stored: true, minTTL: 3580, maxTTL: 3600},
+		{path: "/h/ancient", headers: []string{lm(1000 * 24 * time.Hour), "Date: @now"}, stored: true, minTTL: 86380, maxTTL: 86400},
+		{path: "/half/two-hours-old", headers: []string{lm(2 * time.Hour), "Date: @now"}, stored: true, minTTL: 3580, maxTTL: 3600},
+	})
+	t.Run("not for a status that is not heuristically cacheable", func(t *testing.T) {
+		const p = "/h/302"
+		e.u.Handle(p, rfcRespond(302, "Location: /x", lm(10*time.Hour)))
+		for i := 0; i < 2; i++ {
+			r, b := e.get(t, p)
+			rfcWant(t, "302", r, b, 302, "MISS", "!stored")
+		}
+	})
+	t.Run("heuristic off: stored only to be revalidated", func(t *testing.T) {
+		const p = "/off/ten-hours-old"
+		e.u.Handle(p, rfcRespond(200, lm(10*time.Hour), "Date: @now"))
+		r, b := e.get(t, p)
+		rfcWant(t, "first", r, b, 200, "MISS")
+		r, b = e.get(t, p)
+		if r.Header.Get("X-Cache") == "HIT" {
+			t.Fatalf("heuristic off: a HIT %q", r.Header.Values("Cache-Status"))
+		}
+		rfcCalls(t, "heuristic off", e.u, "GET", p, 2)
+	})
+}
+
+// TestRFCStorableStatuses covers RFC 9111 §3: any final status the cache
+// understands is stored with explicit freshness (an unlisted 4xx or 5xx
+// only with s-maxage or a targeted field, against CPDoS); the status list only
+// governs the route ttl, which never applies to a server error; an unknown
+// status with must-understand is not stored, a known one ignores no-store
+// (§5.2.2.3); a stale server error is never served.
+func TestRFCStorableStatuses(t *testing.T) {
+	e := rfcStart(t, "rfcstat", `
+		route s /s/* 300s {
+			stale_while_revalidate 60s
+			stale_if_error 60s
+		}
+		route sie /sie/* {
+			stale_if_error 60s
+		}`)
+	rfcCheckStorage(t, e, []rfcStorageCase{
+		{path: "/s/500-s-maxage", status: 500, headers: []string{"Cache-Control: s-maxage=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/502-cdn-max-age", status: 502, headers: []string{"CDN-Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/504-s-maxage", status: 504, headers: []string{"Cache-Control: max-age=5, s-maxage=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		// An unlisted error with only max-age: not stored (CPDoS, see
+		// TestRFCHostileInput).
+		{path: "/s/500-max-age", status: 500, headers: []string{"Cache-Control: max-age=60"}},
+		{path: "/s/302-max-age", status: 302, headers: []string{"Location: /x", "Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/307-expires", status: 307, headers: []string{"Location: /x", "Expires: @now+60", "Date: @now"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/308-max-age", status: 308, headers: []string{"Location: /x", "Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/400-s-maxage", status: 400, headers: []string{"Cache-Control: s-maxage=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/503-route-ttl", status: 503},
+		{path: "/s/400-route-ttl", status: 400},
+		{path: "/s/599-max-age", status: 599, headers: []string{"Cache-Control: max-age=60"}},
+		{path: "/s/599-s-maxage", status: 599, headers: []string{"Cache-Control: s-maxage=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/299-max-age", status: 299, headers: []string{"Cache-Control: max-age=60"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/s/299-must-understand", status: 299, headers: []string{"Cache-Control: max-age=60, must-understand, no-store"}},
+		{path: "/s/200-must-understand", headers: []string{"Cache-Control: max-age=60, must-understand, no-store"}, stored: true, maxTTL: 60, minTTL: 50},
+	})
+	t.Run("a fresh 500 does not replace a stale entry under stale-if-error", func(t *testing.T) {
+		const p = "/sie/doc"
+		var failing atomic.Bool
+		e.u.Handle(p, func(w http.ResponseWriter, r *http.Request) {
+			if failing.Load() {
+				w.Header().Set("Cache-Control", "s-maxage=60")
+				rfcWriteBody(w, r, 500)
+				return
+			}
+			w.Header().Set("Cache-Control", "max-age=2")
+			rfcWriteBody(w, r, 200)
+		})
+		r, b := e.get(t, p)
+		rfcWant(t, "first", r, b, 200, "MISS", "stored")
+		time.Sleep(3 * time.Second)
+		failing.Store(true)
+		r, b2 := e.get(t, p)
+		rfcWant(t, "origin 500", r, b2, 200, "STALE", "fwd=stale", "fwd-status=500", "detail=stale-if-error")
+		if b2 != b {
+			t.Fatalf("served %q, want the stale %q", b2, b)
+		}
+	})
+	t.Run("a stale server error is never served", func(t *testing.T) {
+		const p = "/s/500-short"
+		e.u.Handle(p, rfcRespond(500, "CDN-Cache-Control: max-age=3, stale-while-revalidate=60, stale-if-error=60"))
+		r, b := e.get(t, p)
+		rfcWant(t, "first", r, b, 500, "MISS")
+		time.Sleep(4 * time.Second)
+		r, b = e.get(t, p)
+		if r.Header.Get("X-Cache") == "STALE" || r.Header.Get("X-Cache") == "HIT" {
+			t.Fatalf("a stale 500 was served: %q", r.Header.Values("Cache-Status"))
+		}
+	})
+}
+
+// TestRFCStaleIfUnreachable covers RFC 9111 §4.2.4: when the origin cannot
+// be reached at all, a stale entry is served (by default up to 10 minutes
+// past its freshness), unless must-revalidate or s-maxage forbid it; a
+// stale error is never served.
+func TestRFCStaleIfUnreachable(t *testing.T) {
+	e := rfcStart(t, "rfcunreach", `
+		route u /u/*`)
+	origins := map[string]string{
+		"/u/doc":  "Cache-Control: max-age=2",
+		"/u/must": "Cache-Control: max-age=2, must-revalidate",
+		"/u/smax": "Cache-Control: s-maxage=2",
+	}
+	stored := map[string]string{}
+	for p, cc := range origins {
+		e.u.Handle(p, rfcRespond(200, cc, `ETag: "x"`))
+		r, b := e.get(t, p)
+		rfcWant(t, "prime "+p, r, b, 200, "MISS", "stored")
+		stored[p] = b
+	}
+	e.u.Handle("/u/500", rfcRespond(500, "CDN-Cache-Control: max-age=2", `ETag: "x"`))
+	r, b := e.get(t, "/u/500")
+	rfcWant(t, "prime /u/500", r, b, 500, "MISS")
+
+	time.Sleep(3500 * time.Millisecond)
+	e.u.srv.CloseClientConnections()
+	e.u.srv.Close()
+
+	r, b = e.get(t, "/u/doc")
+	rfcWant(t, "stale, origin unreachable", r, b, 200, "STALE", "fwd=stale", "detail=stale-if-error")
+	if b != stored["/u/doc"] {
+		t.Fatalf("served %q, want the stored %q", b, stored["/u/doc"])
+	}
+	for _, p := range []string{"/u/must", "/u/smax", "/u/500"} {
+		r, b := e.get(t, p)
+		if r.Header.Get("X-Cache") == "STALE" || r.StatusCode != http.StatusBadGateway {
+			t.Fatalf("%s with the origin gone: %d X-Cache %q, want a 502 and no stale answer", p, r.StatusCode, r.Header.Get("X-Cache"))
+		}
+		_ = b
+	}
+}
+
+// TestRFCVaryNormalisation covers RFC 9111 §4.1: Accept-Encoding and
+// Accept-Language values that differ only in whitespace, case or (where
+// the grammar gives order no meaning) the order of members select the
+// same stored variant.
+func TestRFCVaryNormalisation(t *testing.T) {
+	e := rfcStart(t, "rfcvn", `
+		route v /v/*`)
+	e.u.Handle("/v/lang", rfcRespond(200, "Cache-Control: max-age=300", "Vary: Accept-Language"))
+	e.u.Handle("/v/enc", rfcRespond(200, "Cache-Control: max-age=300", "Vary: Accept-Encoding"))
+
+	stored := rfcPrime(t, e, "/v/lang", "Accept-Language: en-US, fr;q=0.5")
+	for _, al := range []string{"EN-us,fr;q=0.5", "en-US ,  fr; q=0.5", "fr;q=0.5, en-US"} {
+		r, b := e.get(t, "/v/lang", "Accept-Language: "+al)
+		rfcWant(t, al, r, b, 200, "HIT", "hit")
+		if b != stored {
+			t.Fatalf("%s: body %q, want the stored %q", al, b, stored)
+		}
+	}
+	r, b := e.get(t, "/v/lang", "Accept-Language: fr, en-US")
+	rfcWant(t, "another preference", r, b, 200, "MISS", "fwd=vary-miss")
+
+	stored = rfcPrime(t, e, "/v/enc", "Accept-Encoding: gzip, br")
+	for _, ae := range []string{"br, gzip", "GZIP,BR", " br ,gzip "} {
+		r, b := e.get(t, "/v/enc", "Accept-Encoding: "+ae)
+		rfcWant(t, ae, r, b, 200, "HIT", "hit")
+		if b != stored {
+			t.Fatalf("%s: body %q, want the stored %q", ae, b, stored)
+		}
+	}
+	r, b = e.get(t, "/v/enc", "Accept-Encoding: gzip")
+	rfcWant(t, "another coding set", r, b, 200, "MISS", "fwd=vary-miss")
+}
+
+// TestRFCTargetedCacheControlConfigured: targeted_cache_control sets the
+// fields obeyed and their precedence (RFC 9213 §2.2: the first valid one).
+func TestRFCTargetedCacheControlConfigured(t *testing.T) {
+	e := rfcStart(t, "rfctc2", `
+		targeted_cache_control Surrogate-Control CDN-Cache-Control
+		route origin /o/*`)
+	rfcCheckStorage(t, e, []rfcStorageCase{
+		{path: "/o/surrogate-beats-cc", headers: []string{"Surrogate-Control: max-age=60", "Cache-Control: no-store"}, stored: true, maxTTL: 60, minTTL: 50},
+		{path: "/o/surrogate-beats-cdn", headers: []string{"Surrogate-Control: max-age=100", "CDN-Cache-Control: no-store"}, stored: true, maxTTL: 100, minTTL: 90},
+		{path: "/o/invalid-surrogate-then-cdn", headers: []string{"Surrogate-Control: &&", "CDN-Cache-Control: max-age=30", "Cache-Control: no-store"}, stored: true, maxTTL: 30, minTTL: 20},
+		{path: "/o/surrogate-no-store", headers: []string{"Surrogate-Control: no-store", "Cache-Control: max-age=600"}},
+	})
 }

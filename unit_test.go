@@ -332,6 +332,21 @@ func TestFreshnessAndCacheability(t *testing.T) {
 		{"wrong content type", jsonOnly, 200, http.Header{"Content-Type": {"text/html"}}, 0, "content-type"},
 		{"right content type", jsonOnly, 200, http.Header{"Content-Type": {"application/json; charset=utf-8"}}, time.Minute, ""},
 		{"no-cache", rt, 200, http.Header{"Cache-Control": {"no-cache"}}, 0, "no-cache"},
+		// Issue 13.
+		{"RFC 9213: targeted max-age beats no-store", noTTL, 200, http.Header{"Cache-Control": {"no-store"}, "Cdn-Cache-Control": {"max-age=50"}}, 50 * time.Second, ""},
+		{"RFC 9213: targeted private", rt, 200, http.Header{"Cache-Control": {"max-age=50"}, "Cdn-Cache-Control": {"private"}}, 0, "private"},
+		{"RFC 9111 §3: unlisted 500 with s-maxage", rt, 500, http.Header{"Cache-Control": {"s-maxage=30"}}, 30 * time.Second, ""},
+		{"RFC 9213: unlisted 503 with a targeted max-age", rt, 503, http.Header{"Cdn-Cache-Control": {"max-age=30"}}, 30 * time.Second, ""},
+		{"CPDoS: unlisted 400 with only max-age", rt, 400, http.Header{"Cache-Control": {"max-age=30"}}, 0, "status"},
+		{"RFC 9111 §3: unlisted 302 with max-age", noTTL, 302, http.Header{"Cache-Control": {"max-age=30"}}, 30 * time.Second, ""},
+		{"route ttl never applies to an error", rt, 503, http.Header{}, 0, "status"},
+		{"forced ttl never applies to an error", forced, 500, http.Header{"Cache-Control": {"s-maxage=30"}}, 30 * time.Second, ""},
+		{"RFC 9111 §5.2.2.3: must-understand, unknown status", rt, 299, http.Header{"Cache-Control": {"max-age=30, must-understand, no-store"}}, 0, "must-understand"},
+		{"RFC 9111 §3: unknown status with max-age", rt, 299, http.Header{"Cache-Control": {"max-age=30"}}, 30 * time.Second, ""},
+		{"RFC 9111 §3: unknown status, route ttl never applies", rt, 299, http.Header{}, 0, "status"},
+		{"RFC 9111 §3: 206 is not stored", rt, 206, http.Header{"Cache-Control": {"max-age=30"}}, 0, "status"},
+		{"RFC 9111 §5.2.2.3: must-understand overrides no-store", rt, 200, http.Header{"Cache-Control": {"max-age=30, must-understand, no-store"}}, 30 * time.Second, ""},
+		{"RFC 9111 §4.2.2: heuristic", noTTL, 200, http.Header{"Last-Modified": {now.Add(-10 * time.Hour).UTC().Format(http.TimeFormat)}, "Date": {now.UTC().Format(http.TimeFormat)}}, time.Hour, ""},
 	}
 	for _, c := range cases {
 		cr := &cacheRequest{h: h, route: c.route, r: httptest.NewRequest("GET", "/", nil)}
@@ -412,11 +427,51 @@ func TestCaddyfileParses(t *testing.T) {
 	}
 }
 
+func TestCaddyfileIssue13Options(t *testing.T) {
+	h, err := parseTestCaddyfile(`redis_cache {
+		targeted_cache_control Surrogate-Control CDN-Cache-Control
+		stale_if_unreachable 1h
+		route a /a/* {
+			heuristic 20%
+		}
+		route b /b/* {
+			heuristic off
+		}
+	}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"Surrogate-Control", "CDN-Cache-Control"}; !reflect.DeepEqual(h.TargetedCacheControl, want) {
+		t.Errorf("targeted_cache_control = %q, want %q", h.TargetedCacheControl, want)
+	}
+	if h.StaleIfUnreachable != caddy.Duration(time.Hour) {
+		t.Errorf("stale_if_unreachable = %v, want 1h", h.StaleIfUnreachable)
+	}
+	if h.Routes[0].Heuristic != 20 || h.Routes[1].Heuristic != -1 {
+		t.Errorf("heuristic = %d, %d; want 20, -1", h.Routes[0].Heuristic, h.Routes[1].Heuristic)
+	}
+	if err := testHandler(&Route{Name: "x", Path: "/", Heuristic: -2}).Validate(); err == nil || !strings.Contains(err.Error(), "heuristic -2") {
+		t.Errorf("Validate with heuristic -2: %v", err)
+	}
+	if dflt := testHandler(); !reflect.DeepEqual(dflt.TargetedCacheControl, []string{"CDN-Cache-Control"}) {
+		t.Errorf("default targeted_cache_control = %q", dflt.TargetedCacheControl)
+	}
+}
+
 func TestCaddyfileErrors(t *testing.T) {
 	cases := []struct {
 		name, input, want string
 	}{
 		{"unknown subdirective", `redis_cache { colour blue }`, `unknown subdirective "colour"`},
+		{"bad targeted field", `redis_cache { targeted_cache_control "CDN Cache" }`, `targeted_cache_control "CDN Cache": not a header field name`},
+		{"duplicate targeted_cache_control", `redis_cache { targeted_cache_control A
+			targeted_cache_control B }`, `duplicate subdirective "targeted_cache_control"`},
+		{"bad stale_if_unreachable", `redis_cache { stale_if_unreachable soon }`, `stale_if_unreachable "soon": must be a positive duration (e.g. 10m) or off`},
+		{"bad heuristic", `redis_cache { route a /a {
+			heuristic 150
+		} }`, `heuristic "150": must be a percentage from 1 to 100, or off`},
+		{"duplicate heuristic", `redis_cache { route a /a { heuristic 5
+			heuristic off } }`, `route "a": duplicate subdirective "heuristic"`},
 		{"unknown route subdirective", `redis_cache { route a /a 1m { flavour x } }`, `route "a": unknown subdirective "flavour"`},
 		{"bad route ttl", `redis_cache { route a /a 5 parsecs }`, `route needs <name> <path-pattern> [<ttl>], got 4 arguments`},
 		{"bad route ttl value", `redis_cache { route a /a soon }`, `route "a": ttl "soon": not a valid duration`},
