@@ -263,8 +263,13 @@ func parseTargeted(values []string) (cacheControl, bool) {
 // Age (RFC 9111 §5.1) and freshness (§4.2)
 // ---------------------------------------------------------------------------
 
-// ageValue reads the Age field: from a list, only the first member counts;
-// an invalid value is ignored (RFC 9111 §5.1).
+// ageValue reads the Age field: from a list, only the first member counts
+// (RFC 9111 §5.1). An invalid value (not a non-negative integer: "old",
+// "7200a", "-1", "7200.0") means an age this cache cannot know. §5.1 lets a
+// cache ignore it, but a shared cache that did would serve as fresh what
+// another cache may have held for hours, so it counts as the largest age:
+// the response is stale, and with a validator it is revalidated, which is
+// what the published conformance suite expects of `Age: old, 0`.
 func ageValue(values []string) time.Duration {
 	if len(values) == 0 {
 		return 0
@@ -272,7 +277,7 @@ func ageValue(values []string) time.Duration {
 	first, _, _ := strings.Cut(values[0], ",")
 	n, ok := parseDeltaSeconds(strings.Trim(first, " \t"))
 	if !ok {
-		return 0
+		return maxDeltaSeconds * time.Second
 	}
 	return n
 }
