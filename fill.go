@@ -32,17 +32,15 @@ func (cr *cacheRequest) storeFetched(res *fetched) storeOutcome {
 			return outcomeStored
 		}
 	}
-	var buf []byte
-	if b, ok := encodeBuffers.Get().(*[]byte); ok {
-		buf = *b
-	}
-	raw := e.appendEncoded(buf)
-	out, err = h.store.setIf(ctx, key, raw, res.storeTTL, guard)
-	if err == nil && cap(raw) <= maxPooledEncodeBuffer {
-		// The store has written raw out (or copied it) and nothing keeps
-		// it. After an error it may still be queued to be written, so it is
-		// left to the garbage collector.
-		encodeBuffers.Put(&raw)
+	raw, out, err := cr.writeGuarded(ctx, key, e, res.storeTTL, guard)
+	if err == nil && out == outcomeBirthConflict {
+		// Concurrent first writes of entries that share a generation (a
+		// route's first misses after a start) race to create it; the loser
+		// adopts the winner's value, which no purge has touched, once.
+		if guard, err = cr.adoptBirths(ctx, guard); err == nil {
+			e.gens = guard.gens
+			raw, out, err = cr.writeGuarded(ctx, key, e, res.storeTTL, guard)
+		}
 	}
 	if err != nil || out != outcomeStored {
 		cr.countUnstored(out, err)
@@ -57,6 +55,51 @@ func (cr *cacheRequest) storeFetched(res *fetched) storeOutcome {
 	cr.keepLocal(key, e)
 	h.metrics.addStored(cr.route.Name, len(raw))
 	return outcomeStored
+}
+
+// writeGuarded encodes the entry and writes it under the guard.
+func (cr *cacheRequest) writeGuarded(ctx context.Context, key string, e *entry, ttl time.Duration, guard storeGuard) ([]byte, storeOutcome, error) {
+	var buf []byte
+	if b, ok := encodeBuffers.Get().(*[]byte); ok {
+		buf = *b
+	}
+	raw := e.appendEncoded(buf)
+	out, err := cr.h.store.setIf(ctx, key, raw, ttl, guard)
+	if err == nil && cap(raw) <= maxPooledEncodeBuffer {
+		// The store has written raw out (or copied it) and nothing keeps
+		// it. After an error it may still be queued to be written, so it is
+		// left to the garbage collector.
+		encodeBuffers.Put(&raw)
+	}
+	return raw, out, err
+}
+
+// adoptBirths replaces the birth values a guard meant to create with those
+// another write created meanwhile, while no purge has touched them.
+func (cr *cacheRequest) adoptBirths(ctx context.Context, g storeGuard) (storeGuard, error) {
+	var keys []string
+	for _, st := range g.gens {
+		if isFreshBirth(st.val) {
+			keys = append(keys, st.key)
+		}
+	}
+	cur, err := cr.h.store.gens(ctx, keys)
+	if err != nil {
+		return g, err
+	}
+	adopted := append([]genStamp(nil), g.gens...)
+	j := 0
+	for i, st := range adopted {
+		if !isFreshBirth(st.val) {
+			continue
+		}
+		if isFreshBirth(cur[j]) {
+			adopted[i].val = cur[j]
+		}
+		j++
+	}
+	g.gens = adopted
+	return g, nil
 }
 
 // countUnstored records why an answer that was served as stored was not.

@@ -26,6 +26,12 @@ const genMissing = ""
 // that older entries recorded.
 func newBirthGen() string { return "b" + randomToken()[:16] + ":0" }
 
+// isFreshBirth reports a birth value no purge has touched since (a soft
+// purge counts up its second part).
+func isFreshBirth(gen string) bool {
+	return strings.HasPrefix(gen, "b") && strings.HasSuffix(gen, ":0")
+}
+
 func hardPart(gen string) string {
 	h, _, _ := strings.Cut(gen, ":")
 	return h
@@ -52,13 +58,17 @@ type storeGuard struct {
 // storeOutcome is what became of a guarded write.
 type storeOutcome int
 
+// The values are those storeScript returns.
 const (
-	outcomeStored        storeOutcome = iota
-	outcomePurged                     // a generation it records was purged since the lookup
-	outcomeGenLost                    // a generation it records vanished (evicted, restarted)
-	outcomePatternPurged              // a pattern or key purge since the lookup covers it
-	outcomeStagedLost                 // the staged value expired before it was moved
-	outcomeTooLate                    // the answer took longer than purges are remembered
+	outcomeStored        storeOutcome = 0
+	outcomePurged        storeOutcome = 1 // a generation it records was purged since the lookup
+	outcomeGenLost       storeOutcome = 2 // a generation it recorded vanished (evicted, restarted)
+	outcomePatternPurged storeOutcome = 3 // a pattern or key purge since the lookup covers it
+	outcomeStagedLost    storeOutcome = 4 // the staged value expired before it was moved
+	// outcomeBirthConflict: another write created a generation this one
+	// meant to create. Not a purge: the write may adopt that value.
+	outcomeBirthConflict storeOutcome = 5
+	outcomeTooLate       storeOutcome = 6 // the answer took longer than purges are remembered
 )
 
 // reason is the metric label of a refused write.
@@ -74,6 +84,8 @@ func (o storeOutcome) reason() string {
 		return "staged-lost"
 	case outcomeTooLate:
 		return "too-late"
+	case outcomeBirthConflict:
+		return "birth-conflict"
 	}
 	return "stored"
 }

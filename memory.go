@@ -92,6 +92,8 @@ func (m *memoryStore) setIf(ctx context.Context, key string, value []byte, ttl t
 			births = append(births, st)
 		case cur[i] == genMissing:
 			return outcomeGenLost, nil
+		case cur[i] != st.val && isFreshBirth(cur[i]) && isFreshBirth(st.val):
+			return outcomeBirthConflict, nil
 		case cur[i] != st.val:
 			return outcomePurged, nil
 		case i >= g.late:

@@ -542,3 +542,47 @@ func TestMemoryStoreGenerationsBounded(t *testing.T) {
 		t.Fatalf("oldest generation %q (want evicted: unknown), newest %q (want present)", cur[0], cur[1])
 	}
 }
+
+// Concurrent first misses of entries that share generations (one route,
+// one URI, per-user keys) all create them: none of their writes may be
+// refused for it, or every user pays a second miss.
+func TestPurgeConcurrentFirstStores(t *testing.T) {
+	t.Parallel()
+	e := rfcStart(t, "pgcf", pgRoutes)
+	pgOrigin(e.u, "/api/dashboard")
+	const users = 20
+	var wg sync.WaitGroup
+	for i := range users {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, _ = e.c.GetE("/api/dashboard?sleep=300", "X-User-Id: u"+strconv.Itoa(i))
+		}()
+	}
+	wg.Wait()
+	time.Sleep(200 * time.Millisecond) // the writes follow the answers
+	misses := 0
+	for i := range users {
+		resp, _ := e.get(t, "/api/dashboard?sleep=300", "X-User-Id: u"+strconv.Itoa(i))
+		if resp.Header.Get("X-Cache") != "HIT" {
+			misses++
+			t.Logf("u%d: %s", i, resp.Header.Get("Cache-Status"))
+		}
+	}
+	if misses > 0 {
+		t.Fatalf("%d of %d users missed again after their first answer was stored:\n%s", misses, users, pgMetricLines(t, e.c, "caddy_redis_cache_unstored_total"))
+	}
+}
+
+// pgMetricLines returns the samples of a metric family, for failure messages.
+func pgMetricLines(t *testing.T, c *caddyProc, name string) string {
+	t.Helper()
+	_, body := c.Admin(http.MethodGet, "/metrics", "")
+	var out []string
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, name) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}

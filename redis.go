@@ -432,6 +432,9 @@ for i = 4, #KEYS do
     if string.sub(rec, 1, 1) ~= 'b' then return refuse(2) end
     create[#create + 1] = i
   elseif cur ~= rec then
+    if string.match(rec, '^b[^:]*:0$') and string.match(cur, '^b[^:]*:0$') then
+      return refuse(5)
+    end
     return refuse(1)
   elseif i - 3 >= late then
     local h = tonumber(string.match(cur, '^(%d+):'))
@@ -525,6 +528,8 @@ func (s *redisStore) clusterSetIf(ctx context.Context, key string, value []byte,
 			births = append(births, st)
 		case err != nil:
 			return outcomeStored, err
+		case cur != st.val && isFreshBirth(cur) && isFreshBirth(st.val):
+			return outcomeBirthConflict, nil
 		case cur != st.val:
 			return outcomePurged, nil
 		case i >= g.late:
@@ -546,7 +551,7 @@ func (s *redisStore) clusterSetIf(ctx context.Context, key string, value []byte,
 			return outcomeStored, err
 		}
 		if !ok {
-			return outcomePurged, nil
+			return outcomeBirthConflict, nil
 		}
 	}
 	return outcomeStored, s.set(ctx, key, value, ttl)

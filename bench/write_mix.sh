@@ -45,7 +45,8 @@ http://127.0.0.1:$CADDY_PORT {
 			invalidates dashboard
 		}
 		route messages /api/messages* 30s {
-			key {http.request.header.X-User-Id} {query.platform}
+			key {http.request.header.X-User-Id}:{query.platform}
+			key_optional {query.platform}
 		}
 		route content /api/content* 5m
 	}
