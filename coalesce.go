@@ -2,6 +2,7 @@ package rediscache
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -153,20 +154,48 @@ func (cr *cacheRequest) coalesceAcrossInstances() (release func(), e *entry) {
 	deadline := time.Now().Add(time.Duration(h.FetchTimeout))
 	tick := time.NewTicker(coalescePoll)
 	defer tick.Stop()
-	for time.Now().Before(deadline) {
+	// The lookup just succeeded, so a failure now is most likely a burst
+	// on this Caddy, not Redis gone: a few are retried before the request
+	// fetches by itself.
+	failures := 0
+	for time.Now().Before(deadline) && failures < coalesceRetries {
 		ok, err := h.store.lock(ctx, lockKey, token, ttl)
 		if err != nil {
-			return nil, nil
+			failures++
+			if !sleepCtx(ctx, coalescePoll) {
+				return nil, nil
+			}
+			continue
 		}
 		if ok {
 			return cr.holdLock(lockKey, token, ttl), nil
 		}
 		found, err := cr.awaitHolder(ctx, tick, lockKey)
-		if err != nil || found != nil {
+		switch {
+		case found != nil:
 			return nil, found
+		case errors.Is(err, context.Canceled) || ctx.Err() != nil:
+			return nil, nil
+		case err != nil:
+			failures++
 		}
 	}
 	return nil, nil
+}
+
+// coalesceRetries is how many store failures a request waiting for another
+// instance's fetch tolerates before it fetches by itself.
+const coalesceRetries = 5
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
 }
 
 // awaitHolder polls for the lock holder's entry until the lock is gone.
