@@ -122,17 +122,7 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 			h.PurgeOn[i] = strings.ToUpper(m)
 		}
 	case "purge_status":
-		args := d.RemainingArgs()
-		if len(args) == 0 {
-			return d.ArgErr()
-		}
-		for _, a := range args {
-			code, convErr := strconv.Atoi(a)
-			if convErr != nil || code < 200 || code > 399 {
-				return d.Errf("purge_status %q: must be a 2xx or 3xx status code (errors never purge)", a)
-			}
-			h.PurgeStatus = append(h.PurgeStatus, code)
-		}
+		h.PurgeStatus, err = statusCodesArg(d, 200, 399, "must be a 2xx or 3xx status code (errors never purge)")
 	case "timeout":
 		err = durationArg(d, &h.Timeout)
 	case "max_ttl":
@@ -184,17 +174,7 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 	case "validated_copies":
 		h.ValidatedCopies, err = sizeOrOffArg(d)
 	case "status":
-		args := d.RemainingArgs()
-		if len(args) == 0 {
-			return d.ArgErr()
-		}
-		for _, a := range args {
-			code, convErr := strconv.Atoi(a)
-			if convErr != nil || code < 100 || code > 599 {
-				return d.Errf("status %q: not an HTTP status code", a)
-			}
-			h.CacheableStatus = append(h.CacheableStatus, code)
-		}
+		h.CacheableStatus, err = statusCodesArg(d, 100, 599, "not an HTTP status code")
 	case "stale_if_unreachable":
 		var arg string
 		if arg, err = singleArg(d); err == nil {
@@ -417,3 +397,22 @@ func parseSize(d *caddyfile.Dispenser, name, arg string) (int64, error) {
 
 // Interface guard
 var _ caddyfile.Unmarshaler = (*Handler)(nil)
+
+// statusCodesArg reads one or more status codes within [lo, hi], naming the
+// first bad one.
+func statusCodesArg(d *caddyfile.Dispenser, lo, hi int, problem string) ([]int, error) {
+	name := d.Val()
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return nil, d.ArgErr()
+	}
+	codes := make([]int, 0, len(args))
+	for _, a := range args {
+		code, err := strconv.Atoi(a)
+		if err != nil || code < lo || code > hi {
+			return nil, d.Errf("%s %q: %s", name, a, problem)
+		}
+		codes = append(codes, code)
+	}
+	return codes, nil
+}

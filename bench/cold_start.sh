@@ -11,13 +11,7 @@ RUNS=${1:-10}
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-log "building tools"
-(cd "$ROOT" && go build -o "$BIN/" ./bench/mixload ./bench/benchtool)
-build_caddy
-if [[ $HAVE_MODULE != 1 ]]; then
-	log "cannot run: $MODULE_NOTE"
-	exit 1
-fi
+build_mixload_and_caddy
 start_redis
 fails=0
 for run in $(seq "$RUNS"); do

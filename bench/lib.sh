@@ -50,6 +50,18 @@ build_tools() {
 	(cd "$ROOT" && go build -o "$BIN/" ./bench/loadgen ./bench/origin ./bench/benchtool)
 }
 
+# build_mixload_and_caddy: the write-mix and cold-start tools, and Caddy with
+# the module; exits when the module is missing.
+build_mixload_and_caddy() {
+	log "building tools"
+	(cd "$ROOT" && go build -o "$BIN/" ./bench/mixload ./bench/benchtool)
+	build_caddy
+	if [[ $HAVE_MODULE != 1 ]]; then
+		log "cannot run: $MODULE_NOTE"
+		exit 1
+	fi
+}
+
 # build_caddy: ./cmd/caddy into $BIN/caddy. If it does not compile, fall back
 # to stock Caddy so the respond/proxy rows still run. Sets HAVE_MODULE=1|0 and
 # MODULE_NOTE.

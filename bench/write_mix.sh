@@ -17,13 +17,7 @@ ROW=${ROW%s}
 # shellcheck source=bench/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-log "building tools"
-(cd "$ROOT" && go build -o "$BIN/" ./bench/mixload ./bench/benchtool)
-build_caddy
-if [[ $HAVE_MODULE != 1 ]]; then
-	log "cannot run: $MODULE_NOTE"
-	exit 1
-fi
+build_mixload_and_caddy
 start_redis
 ORIGIN_PORT=$(freeport)
 CADDY_PORT=$(freeport)
