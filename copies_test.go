@@ -183,7 +183,7 @@ func TestStoreGuardedSet(t *testing.T) {
 	ctx := context.Background()
 	const gen = "t:_g:r:x"
 	guard := func(val string) storeGuard {
-		return storeGuard{gens: []genStamp{{key: gen, val: val}}, late: 1, elapsed: time.Second, patterns: "t:_g:purged", genTTL: time.Hour}
+		return storeGuard{gens: []genStamp{{key: gen, val: val}}, late: 1, lookupAt: time.Now().Add(-time.Second), patterns: "t:_g:purged", genTTL: time.Hour}
 	}
 	for _, size := range []int{100, stagedSetMinSize, 64 << 10} {
 		value := bytes.Repeat([]byte{'v'}, size)
@@ -235,5 +235,39 @@ func TestStoreGuardedSet(t *testing.T) {
 	}
 	if staged := r.Keys("*_staged*"); len(staged) != 0 {
 		t.Fatalf("staged keys left behind: %v", staged)
+	}
+}
+
+// A guarded write that waits (here: Redis paused) between being sent and
+// running must still see a pattern purge made after its lookup: the window
+// is anchored at the lookup, not at the moment the write was sent. The
+// window used to be the time elapsed until sending, subtracted from the
+// clock at run time, which the wait moved past the purge.
+func TestStoreGuardSeesPurgesAfterLookupDespiteDelay(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	s, err := newRedisStore(storeOptions{urls: []string{r.URL()}, timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.close()
+	ctx := context.Background()
+	lookupAt := time.Now()
+	time.Sleep(20 * time.Millisecond)
+	if err := s.rememberPurge(ctx, "t:_g:purged", "t:r:user-1:*"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	r.Pause(400 * time.Millisecond)
+	g := storeGuard{gens: []genStamp{{key: "t:_g:r:r", val: newBirthGen()}}, late: 1, lookupAt: lookupAt, patterns: "t:_g:purged", genTTL: time.Hour}
+	out, err := s.setIf(ctx, "t:r:user-1:abc", []byte("v"), time.Minute, g)
+	if err != nil || out != outcomePatternPurged {
+		t.Fatalf("write of an answer looked up before a pattern purge, delayed past it: outcome %v, err %v; want pattern-purged", out, err)
+	}
+	m := newMemoryStore(1 << 20)
+	_ = m.rememberPurge(ctx, "", "t:r:user-1:*")
+	g.lookupAt = time.Now().Add(-time.Second)
+	if out, _ := m.setIf(ctx, "t:r:user-1:abc", []byte("v"), time.Minute, g); out != outcomePatternPurged {
+		t.Fatalf("embedded store: outcome %v, want pattern-purged", out)
 	}
 }

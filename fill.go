@@ -120,11 +120,11 @@ func (cr *cacheRequest) storeGuard(ctx context.Context, tags []string) (storeGua
 	g := storeGuard{
 		gens:     cr.stamps(),
 		late:     len(cr.gens),
-		elapsed:  sinceLookup(time.Since(cr.lookupAt)),
+		lookupAt: cr.lookupAt,
 		patterns: h.recentPurgesKey(),
 		genTTL:   h.genTTL,
 	}
-	if g.elapsed >= purgeMemory {
+	if time.Since(cr.lookupAt) >= purgeMemory {
 		return g, outcomeTooLate, nil
 	}
 	var late []string

@@ -46,9 +46,9 @@ type storeGuard struct {
 	// the answer named): those must also not have been hard purged after
 	// the lookup began.
 	late int
-	// elapsed is the time since the lookup began, margin included: purges
-	// more recent than that may postdate the answer's computation.
-	elapsed time.Duration
+	// lookupAt is when the lookup began: purges since may postdate the
+	// answer's computation. See purgeWindow.
+	lookupAt time.Time
 	// patterns is the key of the recent pattern and key purges.
 	patterns string
 	// genTTL is how long a created generation key lives.
@@ -98,15 +98,24 @@ const purgeMemory = 10 * time.Minute
 // purgeMemoryLimit bounds how many recent pattern and key purges are kept.
 const purgeMemoryLimit = 1000
 
-// sinceLookup is how long ago, on the store's clock, a lookup that began
-// elapsed ago on this Caddy's clock began: purges after that may postdate
-// the answer. The elapsed time already counts from before the lookup was
-// sent; the margin covers the two clocks running at different rates (NTP
-// slews a clock by at most 500 ppm) and no more, so that a request made
-// just after a purge returned can still be stored.
-func sinceLookup(elapsed time.Duration) time.Duration {
-	return elapsed + time.Millisecond + elapsed/2000
+// purgeWindow tells a guarded write which purges count as after its
+// lookup, in two ways that the store combines by taking the earlier:
+// elapsed, the time since the lookup on this Caddy's clock (the store
+// subtracts it from its own clock when the write runs, which is only ever
+// later than the lookup, by however long the write waited to be sent), and
+// wall, the lookup's time on this Caddy's wall clock (exact when the clocks
+// agree, as NTP keeps them, and never later than the first when this
+// Caddy's clock is behind). The margins cover clocks running at slightly
+// different rates (NTP slews by at most 500 ppm) and no more, so that a
+// request made just after a purge returned can still be stored.
+func purgeWindow(lookupAt time.Time) (elapsed time.Duration, wall int64) {
+	e := time.Since(lookupAt)
+	return e + time.Millisecond + e/2000, lookupAt.Add(-clockMargin).UnixMicro()
 }
+
+// clockMargin allows for this Caddy's wall clock running slightly ahead of
+// the store's.
+const clockMargin = 2 * time.Millisecond
 
 // globToLuaPattern turns a Redis glob into an anchored Lua pattern, so that
 // a guarded write can tell inside Redis whether a recent pattern purge

@@ -83,7 +83,11 @@ func (m *memoryStore) setIf(ctx context.Context, key string, value []byte, ttl t
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := time.Now()
-	since := now.Add(-g.elapsed)
+	elapsed, wall := purgeWindow(g.lookupAt)
+	since := now.Add(-elapsed)
+	if w := time.UnixMicro(wall); w.Before(since) {
+		since = w
+	}
 	cur := m.genValues(genKeys(g.gens))
 	var births []genStamp
 	for i, st := range g.gens {

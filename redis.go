@@ -410,10 +410,10 @@ func (s *redisStore) set(ctx context.Context, key string, value []byte, ttl time
 //
 // KEYS: entry, recent purges, staged value (or the entry again), gens...
 // ARGV: ttl ms, gen ttl ms, elapsed µs, first late gen, staged, value,
-// recorded values...
+// lookup wall clock µs, recorded values... (see purgeWindow)
 var storeScript = redis.NewScript(`
 local t = redis.call('TIME')
-local since = tonumber(t[1]) * 1000000 + tonumber(t[2]) - tonumber(ARGV[3])
+local since = math.min(tonumber(t[1]) * 1000000 + tonumber(t[2]) - tonumber(ARGV[3]), tonumber(ARGV[7]))
 local staged = ARGV[5] == '1'
 local function refuse(code)
   if staged then redis.call('DEL', KEYS[3]) end
@@ -422,7 +422,7 @@ end
 local late = tonumber(ARGV[4])
 local create = {}
 for i = 4, #KEYS do
-  local rec = ARGV[3 + i]
+  local rec = ARGV[4 + i]
   local cur = redis.pcall('GET', KEYS[i])
   if type(cur) == 'table' then
     redis.call('DEL', KEYS[i])
@@ -448,7 +448,7 @@ if type(recent) == 'table' and recent.err == nil then
   end
 end
 for _, i in ipairs(create) do
-  redis.call('SET', KEYS[i], ARGV[3 + i], 'PX', ARGV[2])
+  redis.call('SET', KEYS[i], ARGV[4 + i], 'PX', ARGV[2])
 end
 for i = 4, #KEYS do
   if redis.call('PTTL', KEYS[i]) < tonumber(ARGV[2]) / 2 then
@@ -471,7 +471,8 @@ func (s *redisStore) setIf(ctx context.Context, key string, value []byte, ttl ti
 	}
 	ttlMS := max(ttl.Milliseconds(), 1)
 	keys := make([]string, 0, 3+len(g.gens))
-	args := make([]any, 0, 6+len(g.gens))
+	args := make([]any, 0, 7+len(g.gens))
+	elapsed, wall := purgeWindow(g.lookupAt)
 	staged := ""
 	var stage func(context.Context, redis.Pipeliner)
 	var setCmd *redis.StatusCmd
@@ -484,10 +485,10 @@ func (s *redisStore) setIf(ctx context.Context, key string, value []byte, ttl ti
 			setCmd = p.Set(ctx, staged, value, stagedTTL)
 		}
 		keys = append(keys, key, g.patterns, staged)
-		args = append(args, ttlMS, g.genTTL.Milliseconds(), g.elapsed.Microseconds(), g.late+1, "1", "")
+		args = append(args, ttlMS, g.genTTL.Milliseconds(), elapsed.Microseconds(), g.late+1, "1", "", wall)
 	} else {
 		keys = append(keys, key, g.patterns, key)
-		args = append(args, ttlMS, g.genTTL.Milliseconds(), g.elapsed.Microseconds(), g.late+1, "0", value)
+		args = append(args, ttlMS, g.genTTL.Milliseconds(), elapsed.Microseconds(), g.late+1, "0", value, wall)
 	}
 	for _, st := range g.gens {
 		keys = append(keys, st.key)
@@ -516,7 +517,8 @@ func (s *redisStore) clusterSetIf(ctx context.Context, key string, value []byte,
 		return outcomeStored, err
 	}
 	now := timeCmd.Val()
-	since := now.UnixMicro() - g.elapsed.Microseconds()
+	elapsed, wall := purgeWindow(g.lookupAt)
+	since := min(now.UnixMicro()-elapsed.Microseconds(), wall)
 	var births []genStamp
 	for i, st := range g.gens {
 		cur, err := genCmds[i].Result()
