@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -45,9 +46,25 @@ func newAutoPipeline(client redis.Cmdable, timeout time.Duration) *autoPipeline 
 		quit:    make(chan struct{}),
 	}
 	for range pipelineWorkers {
-		go ap.work()
+		go ap.supervise()
 	}
 	return ap
+}
+
+// supervise runs a worker, and a new one should it panic: every lookup
+// depends on the workers, so one lost to a panic must not stay lost (nor
+// take Caddy down).
+func (ap *autoPipeline) supervise() {
+	for !ap.workRecovering() {
+	}
+}
+
+// workRecovering runs the worker loop and reports whether it ended
+// because the pipeline closed, rather than with a panic.
+func (ap *autoPipeline) workRecovering() (closed bool) {
+	defer recoverAndLog(caddy.Log().Named("http.handlers.redis_cache"), "autopipeline worker")
+	ap.work()
+	return true
 }
 
 func (ap *autoPipeline) close() { close(ap.quit) }

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
 )
@@ -57,7 +58,7 @@ func newRedisStore(opts storeOptions) (*redisStore, error) {
 	if _, cluster := client.(*redis.ClusterClient); !cluster {
 		rs.auto = newAutoPipeline(client, opts.timeout)
 	}
-	go rs.warm()
+	goSafe(caddy.Log().Named("http.handlers.redis_cache"), "connection warm-up", rs.warm)
 	return rs, nil
 }
 
