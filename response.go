@@ -278,6 +278,7 @@ func (cw *captureWriter) result() *fetched {
 		header:     hdr,
 		body:       cw.body,
 	}
+	h.codeForStore(res, cw.cr.r)
 	return res
 }
 
