@@ -252,3 +252,237 @@ func TestCompressClients(t *testing.T) {
 		})
 	}
 }
+
+func gzipBytes(t *testing.T, b []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	_, _ = zw.Write(b)
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TestCompressUpstreamGzip: an answer the upstream sent gzip-coded is
+// stored as it came, served as it is to gzip clients and decoded for the
+// others, from one entry.
+func TestCompressUpstreamGzip(t *testing.T) {
+	body := compressJSON(6 << 10)
+	coded := gzipBytes(t, body)
+	e := rfcStart(t, "cmpup", "\t\troute api /api/* 5m")
+	e.u.Handle("/api/gz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Vary", "Accept-Encoding")
+		w.Header().Set("ETag", `"v1-gzip"`)
+		w.Header().Set("Content-Encoding", "gzip")
+		_, _ = w.Write(coded)
+	})
+	resp, got := e.get(t, "/api/gz", "Accept-Encoding: gzip")
+	if resp.Header.Get("Content-Encoding") != "gzip" || got != string(coded) {
+		t.Fatalf("miss: Content-Encoding %q, %d bytes", resp.Header.Get("Content-Encoding"), len(got))
+	}
+	for _, ae := range []string{"gzip, br", "", "zstd", "identity"} {
+		var hdrs []string
+		if ae != "" {
+			hdrs = append(hdrs, "Accept-Encoding: "+ae)
+		}
+		resp, got := e.get(t, "/api/gz", hdrs...)
+		if resp.Header.Get("X-Cache") != "HIT" {
+			t.Fatalf("Accept-Encoding %q: X-Cache %q", ae, resp.Header.Get("X-Cache"))
+		}
+		wantCE, wantTag := "", `"v1"`
+		if strings.Contains(ae, "gzip") {
+			wantCE, wantTag = "gzip", `"v1-gzip"`
+			if got != string(coded) {
+				t.Fatalf("gzip client did not get the stored bytes")
+			}
+		}
+		if ce := resp.Header.Get("Content-Encoding"); ce != wantCE || resp.Header.Get("ETag") != wantTag {
+			t.Fatalf("Accept-Encoding %q: Content-Encoding %q, ETag %s", ae, ce, resp.Header.Get("ETag"))
+		}
+		if decodeBody(t, resp, got) != string(body) || resp.Header.Get("Content-Length") != strconv.Itoa(len(got)) {
+			t.Fatalf("Accept-Encoding %q: wrong body or Content-Length", ae)
+		}
+	}
+	if n := e.u.Calls("GET", "/api/gz"); n != 1 {
+		t.Fatalf("%d upstream calls, want 1", n)
+	}
+}
+
+// TestCompressRangeHeadAnd304: ranges, HEAD and conditional requests apply
+// to the representation sent, whose ETag differs from the other form's.
+func TestCompressRangeHeadAnd304(t *testing.T) {
+	body := compressJSON(8 << 10)
+	e := compressEnv(t, "cmprh", "", body)
+	respZ, coded := e.get(t, "/api/doc", "Accept-Encoding: zstd")
+	if respZ.Header.Get("Content-Encoding") != "zstd" || respZ.Header.Get("ETag") != `"doc1-zstd"` {
+		t.Fatalf("zstd client: Content-Encoding %q, ETag %s", respZ.Header.Get("Content-Encoding"), respZ.Header.Get("ETag"))
+	}
+	respI, _ := e.get(t, "/api/doc")
+	if respI.Header.Get("ETag") != `"doc1"` {
+		t.Fatalf("identity client: ETag %s", respI.Header.Get("ETag"))
+	}
+
+	t.Run("range", func(t *testing.T) {
+		resp, got := e.get(t, "/api/doc", "Range: bytes=100-1099")
+		if resp.StatusCode != 206 || got != string(body[100:1100]) || resp.Header.Get("Content-Range") != "bytes 100-1099/"+strconv.Itoa(len(body)) {
+			t.Fatalf("identity range: %d %q", resp.StatusCode, resp.Header.Get("Content-Range"))
+		}
+		resp, got = e.get(t, "/api/doc", "Range: bytes=10-49", "Accept-Encoding: zstd")
+		if resp.StatusCode != 206 || got != coded[10:50] || resp.Header.Get("Content-Encoding") != "zstd" ||
+			resp.Header.Get("Content-Range") != "bytes 10-49/"+strconv.Itoa(len(coded)) {
+			t.Fatalf("coded range: %d %q", resp.StatusCode, resp.Header.Get("Content-Range"))
+		}
+		resp, got = e.get(t, "/api/doc", "Range: bytes=-20", "If-Range: \"doc1\"")
+		if resp.StatusCode != 206 || got != string(body[len(body)-20:]) {
+			t.Fatalf("If-Range with the identity ETag: %d", resp.StatusCode)
+		}
+		resp, _ = e.get(t, "/api/doc", "Range: bytes=-20", "If-Range: \"doc1\"", "Accept-Encoding: zstd")
+		if resp.StatusCode != 200 {
+			t.Fatalf("If-Range with the other form's ETag: %d, want the whole 200", resp.StatusCode)
+		}
+	})
+
+	t.Run("head", func(t *testing.T) {
+		resp, got := e.do(t, http.MethodHead, "/api/doc", nil, "Accept-Encoding: zstd")
+		if got != "" || resp.Header.Get("Content-Length") != strconv.Itoa(len(coded)) || resp.Header.Get("Content-Encoding") != "zstd" {
+			t.Fatalf("coded HEAD: Content-Length %s, Content-Encoding %q", resp.Header.Get("Content-Length"), resp.Header.Get("Content-Encoding"))
+		}
+		resp, got = e.do(t, http.MethodHead, "/api/doc", nil)
+		if got != "" || resp.Header.Get("Content-Length") != strconv.Itoa(len(body)) || resp.Header.Get("Content-Encoding") != "" {
+			t.Fatalf("identity HEAD: Content-Length %s", resp.Header.Get("Content-Length"))
+		}
+	})
+
+	t.Run("304", func(t *testing.T) {
+		for _, c := range []struct{ inm, ae, etag string }{
+			{`"doc1-zstd"`, "zstd", `"doc1-zstd"`},
+			{`"doc1"`, "", `"doc1"`},
+			{`"doc1"`, "zstd", `"doc1-zstd"`}, // as Caddy's encode passes it on
+			{`"doc1-zstd"`, "", `"doc1"`},
+		} {
+			hdrs := []string{"If-None-Match: " + c.inm}
+			if c.ae != "" {
+				hdrs = append(hdrs, "Accept-Encoding: "+c.ae)
+			}
+			resp, _ := e.get(t, "/api/doc", hdrs...)
+			if resp.StatusCode != 304 || resp.Header.Get("ETag") != c.etag {
+				t.Fatalf("If-None-Match %s, Accept-Encoding %q: %d, ETag %s", c.inm, c.ae, resp.StatusCode, resp.Header.Get("ETag"))
+			}
+		}
+		if resp, _ := e.get(t, "/api/doc", `If-None-Match: "doc2-zstd"`, "Accept-Encoding: zstd"); resp.StatusCode != 200 {
+			t.Fatalf("another ETag: %d", resp.StatusCode)
+		}
+	})
+	if n := e.u.Calls("GET", "/api/doc"); n != 1 {
+		t.Fatalf("%d upstream calls, want 1", n)
+	}
+}
+
+// TestCompressOldFormatEntry: a version 2 entry in Redis (written before
+// this version) is served; an entry of an unknown version is a miss.
+func TestCompressOldFormatEntry(t *testing.T) {
+	body := compressJSON(4 << 10)
+	e := compressEnv(t, "cmpold", "\t\tvalidated_copies off", body)
+	e.get(t, "/api/doc")
+	ctx := context.Background()
+	var key string
+	var cur *entry
+	for _, k := range e.r.Keys("cmpold*") {
+		raw, err := e.r.Client().Get(ctx, k).Bytes()
+		if err != nil {
+			continue
+		}
+		if d, err := decodeEntry(raw); err == nil && d.kind == kindResponse {
+			key, cur = k, d
+		}
+	}
+	if cur == nil || cur.coding == codingIdentity {
+		t.Fatalf("no coded entry stored (%v)", cur)
+	}
+	var plain bytes.Buffer
+	if err := writeDecoded(&plain, cur.coding, cur.body, 0, cur.identityLen); err != nil {
+		t.Fatal(err)
+	}
+	old := *cur
+	old.coding, old.identityLen = codingIdentity, 0
+	old.body = []byte(strings.Replace(plain.String(), `"items"`, `"olden"`, 1))
+	if err := e.r.Client().Set(ctx, key, encodeV2(&old), time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for _, ae := range []string{"", "gzip, zstd"} {
+		resp, got := e.get(t, "/api/doc", "Accept-Encoding: "+ae)
+		if resp.Header.Get("X-Cache") != "HIT" || got != string(old.body) || resp.Header.Get("Content-Encoding") != "" {
+			t.Fatalf("v2 entry, Accept-Encoding %q: X-Cache %q, Content-Encoding %q", ae, resp.Header.Get("X-Cache"), resp.Header.Get("Content-Encoding"))
+		}
+	}
+	future := encodeV2(&old)
+	future[2] = 9
+	if err := e.r.Client().Set(ctx, key, future, time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	resp, got := e.get(t, "/api/doc", "Accept-Encoding: zstd")
+	if resp.StatusCode != 200 || resp.Header.Get("X-Cache") != "MISS" || decodeBody(t, resp, got) != string(body) {
+		t.Fatalf("unknown version: %d, X-Cache %q", resp.StatusCode, resp.Header.Get("X-Cache"))
+	}
+}
+
+// TestCompressWithEncode: Caddy's encode before or after redis_cache in a
+// route; every client gets a body it accepts that decodes to the original,
+// hits do not reach the upstream, and conditional requests get 304s.
+func TestCompressWithEncode(t *testing.T) {
+	body := compressJSON(8 << 10)
+	for _, order := range []string{"cache-outside", "encode-outside"} {
+		t.Run(order, func(t *testing.T) {
+			e := rfcStartSite(t, func(r *redisServer, u *upstream) string {
+				cache := rfcCacheBlock(r, "cmpenc", "\t\troute api /api/* 5m")
+				// In a route block, handlers run in the order written.
+				inner := "\t\tencode zstd gzip\n\t\t" + cache + "\n"
+				if order == "cache-outside" {
+					inner = "\t\t" + cache + "\n\t\tencode zstd gzip\n"
+				}
+				return "\troute {\n" + inner + "\t\treverse_proxy " + rfcHost(u) + "\n\t}"
+			})
+			e.u.Handle("/api/doc", func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				w.Header().Set("ETag", `"e1"`)
+				_, _ = w.Write(body)
+			})
+			for round := range 2 {
+				for _, ae := range []string{"gzip", "zstd", "gzip, deflate, br, zstd", ""} {
+					var hdrs []string
+					if ae != "" {
+						hdrs = append(hdrs, "Accept-Encoding: "+ae)
+					}
+					resp, got := e.get(t, "/api/doc", hdrs...)
+					ce := resp.Header.Get("Content-Encoding")
+					if resp.StatusCode != 200 || (ce != "" && !strings.Contains(ae, ce)) {
+						t.Fatalf("%s, Accept-Encoding %q: %d, Content-Encoding %q", order, ae, resp.StatusCode, ce)
+					}
+					if decodeBody(t, resp, got) != string(body) {
+						t.Fatalf("%s, Accept-Encoding %q: body differs", order, ae)
+					}
+					if round == 1 && resp.Header.Get("X-Cache") != "HIT" {
+						t.Fatalf("%s, Accept-Encoding %q: X-Cache %q on round 2", order, ae, resp.Header.Get("X-Cache"))
+					}
+					etag := resp.Header.Get("ETag")
+					if etag == "" {
+						t.Fatalf("%s, Accept-Encoding %q: no ETag", order, ae)
+					}
+					if ce != "" && etag == `"e1"` {
+						t.Fatalf("%s, Accept-Encoding %q: coded form has the identity ETag", order, ae)
+					}
+					r304, _ := e.get(t, "/api/doc", append(hdrs, "If-None-Match: "+etag)...)
+					if r304.StatusCode != 304 {
+						t.Fatalf("%s, Accept-Encoding %q, If-None-Match %s: %d", order, ae, etag, r304.StatusCode)
+					}
+				}
+			}
+			t.Logf("%s: %d upstream calls", order, e.u.Calls("GET", "/api/doc"))
+			if n := e.u.Calls("GET", "/api/doc"); n != 1 {
+				t.Fatalf("%s: %d upstream calls, want 1", order, n)
+			}
+		})
+	}
+}
