@@ -27,9 +27,9 @@ const (
 
 // Compression defaults (see Handler.Compress).
 const (
-	defaultCompress      = "zstd"
+	defaultCompress      = "gzip"
 	defaultZstdLevel     = 1
-	defaultGzipLevel     = 5
+	defaultGzipLevel     = 1
 	compressMinSize      = 1024
 	compressMinSavingPct = 10 // stored compressed only when at least this much smaller
 )

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 )
@@ -314,7 +315,7 @@ func TestCompressUpstreamGzip(t *testing.T) {
 // to the representation sent, whose ETag differs from the other form's.
 func TestCompressRangeHeadAnd304(t *testing.T) {
 	body := compressJSON(8 << 10)
-	e := compressEnv(t, "cmprh", "", body)
+	e := compressEnv(t, "cmprh", "\t\tcompress zstd 3", body)
 	respZ, coded := e.get(t, "/api/doc", "Accept-Encoding: zstd")
 	if respZ.Header.Get("Content-Encoding") != "zstd" || respZ.Header.Get("ETag") != `"doc1-zstd"` {
 		t.Fatalf("zstd client: Content-Encoding %q, ETag %s", respZ.Header.Get("Content-Encoding"), respZ.Header.Get("ETag"))
@@ -484,5 +485,37 @@ func TestCompressWithEncode(t *testing.T) {
 				t.Fatalf("%s: %d upstream calls, want 1", order, n)
 			}
 		})
+	}
+}
+
+func TestCompressConfig(t *testing.T) {
+	for _, c := range []struct{ in, err string }{
+		{"compress zstd 3", ""},
+		{"compress gzip", ""},
+		{"compress off", ""},
+		{"compress brotli", `compress "brotli": must be 'zstd', 'gzip' or 'off'`},
+		{"compress gzip 12", `compress gzip level "12"`},
+		{"compress off 3", `compress off level "3"`},
+		{"compress", "wrong argument count"},
+	} {
+		h := new(Handler)
+		err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("redis_cache {\n" + c.in + "\n}"))
+		if c.err == "" {
+			if err != nil {
+				t.Errorf("%q: %v", c.in, err)
+			} else if h.Namespace = "ns"; h.Validate() != nil {
+				t.Errorf("%q: Validate: %v", c.in, h.Validate())
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), c.err) {
+			t.Errorf("%q: error %v, want %q", c.in, err, c.err)
+		}
+	}
+	for _, h := range []*Handler{{Compress: "lz4"}, {Compress: "gzip", CompressLevel: 10}, {CompressLevel: -1}} {
+		h.Namespace = "ns"
+		if err := h.Validate(); err == nil || !strings.Contains(err.Error(), "compress") {
+			t.Errorf("%+v: Validate error %v", h, err)
+		}
 	}
 }

@@ -212,12 +212,13 @@ type Handler struct {
 	// at least 10%; clients that accept the coding get the stored bytes as
 	// they are, others get them decoded as they are sent. Answers the
 	// upstream sent gzip- or zstd-coded are stored as they came whatever
-	// this says. Default: "zstd" (see the README for the measurements).
+	// this says. Default: "gzip", which every HTTP client accepts, so hits
+	// are served as stored (see the README for the measurements).
 	Compress string `json:"compress,omitempty"`
 
 	// CompressLevel is the codec's compression level: 1-22 for zstd
 	// (mapped to the nearest of the four levels the Go encoder has), 1-9
-	// for gzip. Default: 1 for zstd, 5 for gzip.
+	// for gzip. Default: 1 (the fastest of each; misses pay for it).
 	CompressLevel int `json:"compress_level,omitempty"`
 
 	// Routes are tried in order; the first whose path pattern matches the
