@@ -30,6 +30,9 @@ type representation struct {
 // header fields that describe it in hdr, which holds e's header.
 func (cr *cacheRequest) selectRepresentation(hdr http.Header, e *entry) representation {
 	if e.coding == codingIdentity {
+		if e.plainOf {
+			addVaryAcceptEncoding(hdr)
+		}
 		return representation{e: e, size: int64(len(e.body)), etag: hdr.Get("ETag")}
 	}
 	name := codingName(e.coding)
@@ -39,7 +42,6 @@ func (cr *cacheRequest) selectRepresentation(hdr http.Header, e *entry) represen
 		rep.size = int64(len(e.body))
 		rep.etag, rep.altETag = codedTag, identityTag
 		hdr.Set("Content-Encoding", name)
-		hdr.Del("Accept-Ranges")
 	} else {
 		rep.size = e.identityLen
 		rep.etag, rep.altETag = identityTag, codedTag
@@ -49,12 +51,16 @@ func (cr *cacheRequest) selectRepresentation(hdr http.Header, e *entry) represen
 	} else {
 		hdr.Del("ETag")
 	}
+	addVaryAcceptEncoding(hdr)
+	return rep
+}
+
+func addVaryAcceptEncoding(hdr http.Header) {
 	if !varyNamesAcceptEncoding(hdr) {
 		// Capped, so appending never writes into the stored entry's slice.
 		vary := hdr.Values("Vary")
 		hdr["Vary"] = append(vary[:len(vary):len(vary)], "Accept-Encoding")
 	}
-	return rep
 }
 
 // formETags returns the ETags of the coded and the identity form of an
@@ -242,6 +248,9 @@ func (h *Handler) codeForStore(res *fetched, r *http.Request) {
 		if ce == e {
 			return
 		}
+		plain := *e
+		plain.plainOf = true
+		res.plain = &plain
 		*e = *ce
 	}
 	if len(res.vary) > 0 {
@@ -249,4 +258,14 @@ func (h *Handler) codeForStore(res *fetched, r *http.Request) {
 		e.vary = res.vary
 		res.varyValues = varyValues(res.vary, r)
 	}
+}
+
+// entryFor is the entry a miss's client (or a coalesced waiter) is served
+// from: the body before compression for a client that does not take the
+// coding, which saves decoding what was just encoded.
+func (res *fetched) entryFor(r *http.Request) *entry {
+	if res.plain != nil && !acceptsCoding(r.Header.Values("Accept-Encoding"), codingName(res.entry.coding)) {
+		return res.plain
+	}
+	return res.entry
 }

@@ -331,7 +331,7 @@ func (cr *cacheRequest) readEntry(key string, gens []string) (e *entry, cur []st
 	if raw == nil {
 		return nil, cur, false, nil
 	}
-	if e, err = decodeEntry(raw); err != nil {
+	if e, err = decodeEntryChecked(raw, h.store.backend.kind() != "memory"); err != nil {
 		h.metrics.countCorrupt()
 		if c := h.logger.Check(zap.DebugLevel, "ignoring corrupt cache entry"); c != nil {
 			c.Write(zap.String("key", key), zap.Error(err))
@@ -720,7 +720,7 @@ func (cr *cacheRequest) serveFetched(w http.ResponseWriter, res *fetched, status
 }
 
 func (cr *cacheRequest) writeFetched(w http.ResponseWriter, res *fetched, status string) error {
-	_ = cr.serveEntryAs(w, res.entry, resultMiss, status, false)
+	_ = cr.serveEntryAs(w, res.entryFor(cr.r), resultMiss, status, false)
 	// The client has the whole answer before the store write begins.
 	if fl, ok := w.(http.Flusher); ok {
 		fl.Flush()

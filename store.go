@@ -405,6 +405,10 @@ type entry struct {
 	// etagOfCoded says the ETag in header is the coded form's (the
 	// upstream sent the body coded), not the identity form's.
 	etagOfCoded bool
+	// plainOf marks the identity original of a body just compressed, which
+	// the clients of a miss that do not take the coding are sent; it is
+	// never stored.
+	plainOf bool
 }
 
 // Entry flags (version 3).
@@ -589,7 +593,12 @@ func (d *decoder) byte() byte {
 
 // decodeEntry parses a stored value. The body and every string alias raw,
 // so raw must never change afterwards; store values are written once.
-func decodeEntry(raw []byte) (*entry, error) {
+func decodeEntry(raw []byte) (*entry, error) { return decodeEntryChecked(raw, true) }
+
+// decodeEntryChecked is decodeEntry; without checkCoded, a coded body is
+// not decoded to check it, for values this process wrote itself (the
+// embedded store's).
+func decodeEntryChecked(raw []byte, checkCoded bool) (*entry, error) {
 	if len(raw) < 8+entryTailLen || raw[0] != entryMagic0 || raw[1] != entryMagic1 {
 		return nil, errCorrupt
 	}
@@ -646,7 +655,7 @@ func decodeEntry(raw []byte) (*entry, error) {
 	if d.err != nil {
 		return nil, d.err
 	}
-	if e.coding != codingIdentity {
+	if e.coding != codingIdentity && checkCoded {
 		// A coded body is checked whole here, so that a client is never
 		// sent part of a body that then fails to decode.
 		if n, err := decodedLength(e.coding, e.body, e.identityLen); err != nil || n != e.identityLen {

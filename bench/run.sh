@@ -166,7 +166,9 @@ row() {
 	stop_caddy
 }
 
-for ROUND in $(seq "$ROUNDS"); do
+# MEMORY_ONLY=1 runs only the Redis memory measurement below.
+[[ ${MEMORY_ONLY:-} == 1 ]] && ROUNDS_LIST="" || ROUNDS_LIST=$(seq "$ROUNDS")
+for ROUND in $ROUNDS_LIST; do
 	for body in small large; do
 		for scenario in respond proxy hit hit-local hit-memory proxy-unique miss miss-memory; do
 			row "$scenario" "$body"
@@ -180,9 +182,11 @@ for ROUND in $(seq "$ROUNDS"); do
 done
 
 # memory_row COMPRESS: Redis memory per stored 4 KiB JSON entry (used_memory
-# delta over ENTRIES distinct URLs, and MEMORY USAGE averaged over up to 200
-# entry keys), with the given compress setting.
-ENTRIES=${ENTRIES:-10000}
+# delta over the entries that MEMORY_DUR of distinct URLs stored, at least
+# 10,000 on an idle machine, and MEMORY USAGE averaged over up to 200 entry
+# keys), with the given compress setting. The delta includes each URL's own
+# generation key, which every entry gets, compressed or not.
+MEMORY_DUR=${MEMORY_DUR:-5s}
 MEMORY_ROWS=""
 memory_row() {
 	local setting=$1 raw
@@ -192,21 +196,33 @@ memory_row() {
 	rcli flushall >/dev/null
 	start_caddy "memory-$setting" "$(cache_site "$CADDY_PORT" "$REDIS_URL" "compress $setting")" || return 0
 	curl -s -o /dev/null "http://127.0.0.1:$CADDY_PORT/api/doc?warm=1"
-	local before after keys usage
+	local before after keys usage entries
 	before=$(rcli info memory | tr -d '\r' | sed -n 's/^used_memory://p')
-	seq "$ENTRIES" | xargs -P 8 -n 50 sh -c 'for i; do curl -s -o /dev/null "http://127.0.0.1:'"$CADDY_PORT"'/api/doc?m=$i"; done' _
+	local n0
+	n0=$(rcli --scan --pattern 'bench:*' | grep -vc '^bench:_' || true)
+	"$BIN/loadgen" -url "http://127.0.0.1:$CADDY_PORT/api/doc?m={n}" -c 8 -d "$MEMORY_DUR" -n-start 1 >/dev/null
+	sleep 1
 	after=$(rcli info memory | tr -d '\r' | sed -n 's/^used_memory://p')
-	keys=$(rcli --scan --pattern 'bench:*' | grep -v ':_' | head -n 200)
+	entries=$(( $(rcli --scan --pattern 'bench:*' | grep -vc '^bench:_' || true) - n0 ))
+	((entries > 0)) || entries=1
+	ENTRIES=$entries
+	keys=$(rcli --scan --pattern 'bench:*' | awk '!/^bench:_/ && n++ < 200')
 	usage=$(for k in $keys; do rcli memory usage "$k"; done | awk '{s += $1; n++} END {if (n) printf "%.0f", s / n; else print 0}')
 	stop_caddy
-	MEMORY_ROWS="$MEMORY_ROWS| compress $setting | $raw B | $(( (after - before) / ENTRIES )) B | $(awk -v a=$(( (after - before) / ENTRIES )) -v r="$raw" 'BEGIN {printf "%.2f×", a / r}') | $usage B | $(awk -v a="$usage" -v r="$raw" 'BEGIN {printf "%.2f×", a / r}') |
+	MEMORY_ROWS="$MEMORY_ROWS| compress $setting | $raw B | $entries | $(( (after - before) / ENTRIES )) B | $(awk -v a=$(( (after - before) / ENTRIES )) -v r="$raw" 'BEGIN {printf "%.2f×", a / r}') | $usage B | $(awk -v a="$usage" -v r="$raw" 'BEGIN {printf "%.2f×", a / r}') |
 "
 	log "  memory, compress $setting: $(( (after - before) / ENTRIES )) B per entry (used_memory delta), MEMORY USAGE $usage B"
 }
-log "Redis memory per 4 KiB JSON entry, $ENTRIES entries per setting"
+log "Redis memory per 4 KiB JSON entry, $MEMORY_DUR of distinct URLs per setting"
 for setting in off gzip zstd; do
 	memory_row "$setting"
 done
+if [[ ${MEMORY_ONLY:-} == 1 ]]; then
+	echo "| setting | raw body | entries | used_memory delta per entry | vs raw | MEMORY USAGE (avg of ≤200 entry keys) | vs raw |"
+	echo "|---|--:|--:|--:|--:|--:|--:|"
+	printf '%s' "$MEMORY_ROWS"
+	exit 0
+fi
 
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 ROUNDS_NOTE=""
@@ -229,10 +245,10 @@ fi
 	echo "Columns: see bench/README.md."
 	if [[ -n $MEMORY_ROWS ]]; then
 		echo
-		echo "Redis memory per stored 4 KiB JSON entry (\`/api/doc\`, $ENTRIES distinct URLs per setting, default level of each codec):"
+		echo "Redis memory per stored 4 KiB JSON entry (\`/api/doc\`, distinct URLs for $MEMORY_DUR per setting, default level of each codec):"
 		echo
-		echo "| setting | raw body | used_memory delta per entry | vs raw | MEMORY USAGE (avg of ≤200 entry keys) | vs raw |"
-		echo "|---|--:|--:|--:|--:|--:|"
+		echo "| setting | raw body | entries | used_memory delta per entry | vs raw | MEMORY USAGE (avg of ≤200 entry keys) | vs raw |"
+		echo "|---|--:|--:|--:|--:|--:|--:|"
 		printf '%s' "$MEMORY_ROWS"
 	fi
 } >"$BENCH_DIR/results.md"
