@@ -130,11 +130,11 @@ func (c *compressor) compress(dst, src []byte) []byte {
 }
 
 // compressedCopy returns e with its body compressed when that pays: a body
-// of a compressible media type, at least compressMinSize long, that
+// of a compressible media type, longer than compressMinSize, that
 // shrinks by compressMinSavingPct or more. Otherwise it returns e itself.
 // The copy shares e's header; dst is scratch space for the coded body.
 func (c *compressor) compressedCopy(e *entry, dst []byte) *entry {
-	if c == nil || e.coding != codingIdentity || len(e.body) < compressMinSize || !compressibleResponse(e.header) {
+	if c == nil || e.coding != codingIdentity || len(e.body) <= compressMinSize || !compressibleResponse(e.header) {
 		return e
 	}
 	coded := c.compress(dst[:0], e.body)

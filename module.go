@@ -208,7 +208,7 @@ type Handler struct {
 
 	// Compress chooses how response bodies are stored: "zstd", "gzip" or
 	// "off". A body of a textual media type (JSON, text/*, JavaScript,
-	// XML, SVG, …) of at least 1 KiB is stored compressed when that saves
+	// XML, SVG, …) larger than 1 KiB is stored compressed when that saves
 	// at least 10%; clients that accept the coding get the stored bytes as
 	// they are, others get them decoded as they are sent. Answers the
 	// upstream sent gzip- or zstd-coded are stored as they came whatever
