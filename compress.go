@@ -242,8 +242,9 @@ func decodedLength(coding byte, body []byte, limit int64) (int64, error) {
 }
 
 // writeDecoded writes n decoded bytes of body, starting skip bytes in, to
-// w. The decoded body is streamed, never held whole.
-func writeDecoded(w io.Writer, coding byte, body []byte, skip, n int64) error {
+// w. The decoded body is streamed, never held whole. whole is the decoded
+// length, when known to be right (the entry was checked), else -1.
+func writeDecoded(w io.Writer, coding byte, body []byte, skip, n, whole int64) error {
 	r, release, err := decodedReader(coding, body)
 	if err != nil {
 		return err
@@ -253,6 +254,12 @@ func writeDecoded(w io.Writer, coding byte, body []byte, skip, n int64) error {
 		if _, err := io.CopyN(io.Discard, r, skip); err != nil {
 			return err
 		}
+	}
+	if wt, ok := r.(io.WriterTo); ok && skip+n == whole {
+		// The whole rest of a body checked to decode to this length: the
+		// decoder writes it in its own blocks.
+		_, err = wt.WriteTo(w)
+		return err
 	}
 	_, err = io.CopyN(w, r, n)
 	return err

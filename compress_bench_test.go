@@ -70,7 +70,7 @@ func BenchmarkCompressDecode(b *testing.B) {
 				b.SetBytes(int64(len(body)))
 				b.ReportAllocs()
 				for b.Loop() {
-					if err := writeDecoded(io.Discard, d.coding, d.body, 0, d.identityLen); err != nil {
+					if err := writeDecoded(io.Discard, d.coding, d.body, 0, d.identityLen, d.identityLen); err != nil {
 						b.Fatal(err)
 					}
 				}

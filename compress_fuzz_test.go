@@ -42,7 +42,7 @@ func FuzzCompressedEntry(f *testing.F) {
 			return
 		}
 		var out bytes.Buffer
-		if err := writeDecoded(&out, d.coding, d.body, 0, d.identityLen); err != nil {
+		if err := writeDecoded(&out, d.coding, d.body, 0, d.identityLen, d.identityLen); err != nil {
 			t.Fatalf("an entry that decoded failed to stream: %v", err)
 		}
 		if int64(out.Len()) != d.identityLen {
@@ -50,7 +50,7 @@ func FuzzCompressedEntry(f *testing.F) {
 		}
 		if d.identityLen > 1 {
 			var part bytes.Buffer
-			if err := writeDecoded(&part, d.coding, d.body, 1, d.identityLen-1); err != nil || !bytes.Equal(part.Bytes(), out.Bytes()[1:]) {
+			if err := writeDecoded(&part, d.coding, d.body, 1, d.identityLen-1, -1); err != nil || !bytes.Equal(part.Bytes(), out.Bytes()[1:]) {
 				t.Fatalf("range of a decoded entry differs (%v)", err)
 			}
 		}

@@ -102,7 +102,7 @@ func TestCompressEntryRoundTrip(t *testing.T) {
 			t.Fatalf("%s: coding %d len %d", codec, out.coding, out.identityLen)
 		}
 		var got bytes.Buffer
-		if err := writeDecoded(&got, out.coding, out.body, 100, 200); err != nil || !bytes.Equal(got.Bytes(), body[100:300]) {
+		if err := writeDecoded(&got, out.coding, out.body, 100, 200, -1); err != nil || !bytes.Equal(got.Bytes(), body[100:300]) {
 			t.Fatalf("%s: decoded range differs (%v)", codec, err)
 		}
 		// Small, binary or no-transform bodies stay as they are.
@@ -403,7 +403,7 @@ func TestCompressOldFormatEntry(t *testing.T) {
 		t.Fatalf("no coded entry stored (%v)", cur)
 	}
 	var plain bytes.Buffer
-	if err := writeDecoded(&plain, cur.coding, cur.body, 0, cur.identityLen); err != nil {
+	if err := writeDecoded(&plain, cur.coding, cur.body, 0, cur.identityLen, -1); err != nil {
 		t.Fatal(err)
 	}
 	old := *cur

@@ -123,7 +123,7 @@ func (rep representation) write(w http.ResponseWriter, first, n int64) {
 	}
 	// The stored body was checked to decode whole when it was read, so
 	// an error here is the client going away.
-	_ = writeDecoded(w, rep.e.coding, rep.e.body, first, n)
+	_ = writeDecoded(w, rep.e.coding, rep.e.body, first, n, rep.e.identityLen)
 }
 
 // acceptsCoding reports whether a client with these Accept-Encoding values
