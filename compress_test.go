@@ -519,3 +519,42 @@ func TestCompressConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestCompressUpstreamCodings: gzip and zstd answers become coded entries
+// that no longer vary on Accept-Encoding; br (no decoder here), several
+// codings and undecodable bodies stay plain variants, as before.
+func TestCompressUpstreamCodings(t *testing.T) {
+	body := compressJSON(4 << 10)
+	z, _ := newCompressor("zstd", 0)
+	h := &Handler{MaxEntrySize: 1 << 20}
+	h.compressor, _ = newCompressor("gzip", 0)
+	r, _ := http.NewRequest("GET", "http://x/api", nil)
+	r.Header.Set("Accept-Encoding", "gzip, br")
+	for _, c := range []struct {
+		ce    string
+		body  []byte
+		coded bool
+	}{
+		{"gzip", gzipBytes(t, body), true},
+		{"zstd", z.compress(nil, body), true},
+		{"br", []byte("not really brotli"), false},
+		{"gzip, br", []byte("two codings"), false},
+		{"gzip", []byte("not gzip at all"), false},
+		{"", body, true}, // compressed here
+	} {
+		hdr := http.Header{"Content-Type": {"application/json"}, "Vary": {"Accept-Encoding, Accept-Language"}}
+		if c.ce != "" {
+			hdr.Set("Content-Encoding", c.ce)
+		}
+		vary := []string{"Accept-Encoding", "Accept-Language"}
+		res := &fetched{entry: &entry{kind: kindResponse, status: 200, header: hdr, body: c.body, vary: vary}, vary: vary}
+		h.codeForStore(res, r)
+		coded := res.entry.coding != codingIdentity
+		if coded != c.coded || (len(res.vary) == 1) != c.coded || (hasHeader(res.entry.header, "Content-Encoding") == coded) {
+			t.Errorf("Content-Encoding %q: coding %d, vary %v, header %v", c.ce, res.entry.coding, res.vary, res.entry.header)
+		}
+		if coded && res.entry.identityLen != int64(len(body)) {
+			t.Errorf("Content-Encoding %q: identity length %d", c.ce, res.entry.identityLen)
+		}
+	}
+}
