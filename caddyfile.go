@@ -37,6 +37,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		purge_on <methods...>
 //		purge_status <codes...>
 //		timeout <duration>
+//		compress zstd|gzip|off [<level>]
 //		breaker <failures> <cooldown>
 //		memory_limit <size>
 //		max_entry_size <size>
@@ -188,6 +189,8 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 				}
 			}
 		}
+	case "compress":
+		err = parseCompress(d, h)
 	case "purge_header":
 		h.PurgeHeader, err = singleArg(d)
 	case "tags_header":

@@ -331,7 +331,7 @@ func (cr *cacheRequest) readEntry(key string, gens []string) (e *entry, cur []st
 	if raw == nil {
 		return nil, cur, false, nil
 	}
-	if e, err = decodeEntry(raw); err != nil {
+	if e, err = decodeEntryChecked(raw, h.store.backend.kind() != "memory"); err != nil {
 		h.metrics.countCorrupt()
 		if c := h.logger.Check(zap.DebugLevel, "ignoring corrupt cache entry"); c != nil {
 			c.Write(zap.String("key", key), zap.Error(err))
@@ -425,21 +425,22 @@ func (cr *cacheRequest) serveEntryAs(w http.ResponseWriter, e *entry, xcache, st
 	}
 	hdr := w.Header()
 	copyHeaderValues(hdr, e.header)
+	rep := cr.selectRepresentation(hdr, e)
 	cr.stampServed(hdr, e, xcache, status)
-	if notModified(cr.r, e.header) {
+	if rep.notModified(cr.r, hdr) {
 		for _, name := range []string{"Content-Length", "Content-Type", "Content-Encoding", "Content-Range"} {
 			hdr.Del(name)
 		}
 		w.WriteHeader(http.StatusNotModified)
 		return nil
 	}
-	if cr.serveRange(w, e) {
+	if cr.serveRange(w, rep) {
 		return nil
 	}
-	hdr.Set("Content-Length", strconv.Itoa(len(e.body)))
+	hdr.Set("Content-Length", strconv.FormatInt(rep.size, 10))
 	w.WriteHeader(e.status)
-	if cr.r.Method != http.MethodHead && len(e.body) > 0 {
-		_, _ = w.Write(e.body)
+	if cr.r.Method != http.MethodHead {
+		rep.write(w, 0, rep.size)
 	}
 	return nil
 }
@@ -613,7 +614,7 @@ func (cr *cacheRequest) serveRevalidated(w http.ResponseWriter, cw *captureWrite
 	old := cr.stale
 	hdr := old.header.Clone()
 	for name, vals := range cw.header {
-		if name == "Content-Length" || isHopByHop(name) {
+		if name == "Content-Length" || isHopByHop(name) || (old.coding != codingIdentity && name == "Content-Encoding") {
 			continue
 		}
 		hdr[name] = vals
@@ -632,6 +633,10 @@ func (cr *cacheRequest) serveRevalidated(w http.ResponseWriter, cw *captureWrite
 		vary:       old.vary,
 		header:     hdr,
 		body:       old.body,
+
+		coding:      old.coding,
+		identityLen: old.identityLen,
+		etagOfCoded: old.etagOfCoded,
 	}
 	cr.countResult(resultHit)
 	if reason != "" {
@@ -715,7 +720,7 @@ func (cr *cacheRequest) serveFetched(w http.ResponseWriter, res *fetched, status
 }
 
 func (cr *cacheRequest) writeFetched(w http.ResponseWriter, res *fetched, status string) error {
-	_ = cr.serveEntryAs(w, res.entry, resultMiss, status, false)
+	_ = cr.serveEntryAs(w, res.entryFor(cr.r), resultMiss, status, false)
 	// The client has the whole answer before the store write begins.
 	if fl, ok := w.(http.Flusher); ok {
 		fl.Flush()

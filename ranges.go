@@ -22,24 +22,28 @@ func isBytesRange(v string) bool {
 // part, or 416 when no range is satisfiable. It reports false, leaving
 // the response untouched, when the whole representation is the answer: no
 // Range, If-Range not matching, several ranges, or another status.
-func (cr *cacheRequest) serveRange(w http.ResponseWriter, e *entry) bool {
+//
+// Ranges apply to the representation sent (see selectRepresentation): the
+// coded bytes for a client that takes the stored coding, the decoded ones
+// for any other.
+func (cr *cacheRequest) serveRange(w http.ResponseWriter, rep representation) bool {
 	r := cr.r
 	spec := r.Header.Get("Range")
-	if spec == "" || r.Method != http.MethodGet || e.status != http.StatusOK {
+	if spec == "" || r.Method != http.MethodGet || rep.e.status != http.StatusOK {
 		return false
 	}
-	if ir := r.Header.Get("If-Range"); ir != "" && !ifRangeMatches(ir, e.header) {
-		return false
-	}
-	size := int64(len(e.body))
-	br, outcome := selectRange(spec, size)
 	hdr := w.Header()
+	if ir := r.Header.Get("If-Range"); ir != "" && !ifRangeMatches(ir, hdr) {
+		return false
+	}
+	size := rep.size
+	br, outcome := selectRange(spec, size)
 	switch outcome {
 	case rangeSatisfiable:
 		hdr.Set("Content-Range", "bytes "+strconv.FormatInt(br.first, 10)+"-"+strconv.FormatInt(br.last, 10)+"/"+strconv.FormatInt(size, 10))
 		hdr.Set("Content-Length", strconv.FormatInt(br.last-br.first+1, 10))
 		w.WriteHeader(http.StatusPartialContent)
-		_, _ = w.Write(e.body[br.first : br.last+1])
+		rep.write(w, br.first, br.last-br.first+1)
 	case rangeUnsatisfiable:
 		hdr.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
 		hdr.Set("Content-Length", "0")

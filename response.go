@@ -253,6 +253,7 @@ type fetched struct {
 	tags       []string
 	vary       []string // header names from the upstream's Vary
 	varyValues []string // the leader's values of those headers
+	plain      *entry   // entry before compression, while it is at hand
 }
 
 func (cw *captureWriter) result() *fetched {
@@ -278,6 +279,7 @@ func (cw *captureWriter) result() *fetched {
 		header:     hdr,
 		body:       cw.body,
 	}
+	h.codeForStore(res, cw.cr.r)
 	return res
 }
 

@@ -353,6 +353,10 @@ func (b *breaker) record(err error) {
 //
 //	magic "RC" | version | kind | fields... | random id | crc32c of everything before
 //
+// Version 3 added, before the body, the body's content coding, a flags
+// byte and the decoded (identity) length; version 2 values, which have
+// none, still decode as identity entries.
+//
 // A value that fails any check decodes as an error, which the handler
 // treats as a miss and overwrites. The last entryTailLen bytes (id and
 // checksum) identify one stored value: an instance holding a decoded copy
@@ -360,7 +364,8 @@ func (b *breaker) record(err error) {
 const (
 	entryMagic0   = 'R'
 	entryMagic1   = 'C'
-	entryVersion  = 2
+	entryVersion  = 3
+	entryVersion2 = 2 // no coding fields; still read
 	entryIDLen    = 8
 	entryTailLen  = entryIDLen + 4 // the id and the checksum
 	kindResponse  = 1
@@ -392,7 +397,22 @@ type entry struct {
 	varyEpoch  string   // kindVaryIndex: changes whenever the index is re-created
 	header     http.Header
 	body       []byte
+
+	// coding is the content coding of body (codingIdentity, codingGzip,
+	// codingZstd); identityLen is the decoded body's length when coded.
+	coding      byte
+	identityLen int64
+	// etagOfCoded says the ETag in header is the coded form's (the
+	// upstream sent the body coded), not the identity form's.
+	etagOfCoded bool
+	// plainOf marks the identity original of a body just compressed, which
+	// the clients of a miss that do not take the coding are sent; it is
+	// never stored.
+	plainOf bool
 }
+
+// Entry flags (version 3).
+const flagETagOfCoded = 1
 
 func appendString(b []byte, s string) []byte {
 	b = binary.AppendUvarint(b, uint64(len(s)))
@@ -437,6 +457,12 @@ func (e *entry) appendEncoded(buf []byte) []byte {
 			b = appendString(b, v)
 		}
 	}
+	var flags byte
+	if e.etagOfCoded {
+		flags |= flagETagOfCoded
+	}
+	b = append(b, e.coding, flags)
+	b = binary.AppendUvarint(b, uint64(e.identityLen))
 	b = binary.AppendUvarint(b, uint64(len(e.body)))
 	b = append(b, e.body...)
 	var id [entryIDLen]byte
@@ -449,7 +475,7 @@ func (e *entry) appendEncoded(buf []byte) []byte {
 // copies a large body twice.
 func (e *entry) encodedSizeBound() int {
 	const n = binary.MaxVarintLen64
-	size := 4 + 7*n + 1 + entryTailLen + 4*n + len(e.varyEpoch) + len(e.body)
+	size := 4 + 7*n + 3 + n + entryTailLen + 4*n + len(e.varyEpoch) + len(e.body)
 	for _, g := range e.gens {
 		size += 2*n + len(g.key) + len(g.val)
 	}
@@ -567,12 +593,18 @@ func (d *decoder) byte() byte {
 
 // decodeEntry parses a stored value. The body and every string alias raw,
 // so raw must never change afterwards; store values are written once.
-func decodeEntry(raw []byte) (*entry, error) {
+func decodeEntry(raw []byte) (*entry, error) { return decodeEntryChecked(raw, true) }
+
+// decodeEntryChecked is decodeEntry; without checkCoded, a coded body is
+// not decoded to check it, for values this process wrote itself (the
+// embedded store's).
+func decodeEntryChecked(raw []byte, checkCoded bool) (*entry, error) {
 	if len(raw) < 8+entryTailLen || raw[0] != entryMagic0 || raw[1] != entryMagic1 {
 		return nil, errCorrupt
 	}
-	if raw[2] != entryVersion {
-		return nil, fmt.Errorf("%w: unknown version %d", errCorrupt, raw[2])
+	version := raw[2]
+	if version != entryVersion && version != entryVersion2 {
+		return nil, fmt.Errorf("%w: unknown version %d", errCorrupt, version)
 	}
 	payload := raw[:len(raw)-4]
 	if crc32.Checksum(payload, crcTable) != binary.BigEndian.Uint32(raw[len(raw)-4:]) {
@@ -614,9 +646,21 @@ func decodeEntry(raw []byte) (*entry, error) {
 		}
 		e.header[name] = vals
 	}
+	if version >= 3 {
+		e.coding = d.byte()
+		e.etagOfCoded = d.byte()&flagETagOfCoded != 0
+		e.identityLen = int64(d.uvarint() & (1<<62 - 1))
+	}
 	e.body = d.bytes()
 	if d.err != nil {
 		return nil, d.err
+	}
+	if e.coding != codingIdentity && checkCoded {
+		// A coded body is checked whole here, so that a client is never
+		// sent part of a body that then fails to decode.
+		if n, err := decodedLength(e.coding, e.body, e.identityLen); err != nil || n != e.identityLen {
+			return nil, fmt.Errorf("%w: coded body does not decode to its length", errCorrupt)
+		}
 	}
 	if len(d.b) != 0 {
 		return nil, fmt.Errorf("%w: %d trailing bytes", errCorrupt, len(d.b))

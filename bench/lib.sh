@@ -199,8 +199,33 @@ cache_site() {
 	[[ -n "$redis" ]] && printf '\t\tredis %s\n' "$redis"
 	printf '\t\tnamespace bench\n'
 	[[ -n "$extra" ]] && printf '\t\t%s\n' "$extra"
-	printf '\t\troute small /api/small* 5m\n\t\troute large /api/large* 5m\n\t\troute dashboard /api/dashboard* 5m\n\t}\n'
+	printf '\t\troute small /api/small* 5m\n\t\troute large /api/large* 5m\n\t\troute dashboard /api/dashboard* 5m\n\t\troute doc /api/doc* 5m\n\t}\n'
 	printf '\treverse_proxy 127.0.0.1:%s\n}\n' "$ORIGIN_PORT"
+}
+
+# encode_site PORT REDIS_URL|"": `encode zstd gzip` in front of
+# reverse_proxy, with redis_cache between them when a Redis URL is given
+# (the order the README recommends: encode outside the cache).
+encode_site() {
+	local port=$1 redis=$2
+	caddy_global
+	printf 'http://127.0.0.1:%s {\n\troute {\n\t\tencode zstd gzip\n' "$port"
+	if [[ -n "$redis" ]]; then
+		printf '\t\tredis_cache {\n\t\t\tredis %s\n\t\t\tnamespace bench\n\t\t\troute large /api/large* 5m\n\t\t\troute small /api/small* 5m\n\t\t}\n' "$redis"
+	fi
+	printf '\t\treverse_proxy 127.0.0.1:%s\n\t}\n}\n' "$ORIGIN_PORT"
+}
+
+# gzfile_site PORT BODYNAME: a bare file_server of the body and its gzip
+# form (precompressed), the baseline for serving stored gzip bytes: a
+# respond body cannot hold binary bytes.
+gzfile_site() {
+	local dir="$WORK/www/api"
+	mkdir -p "$dir"
+	"$BIN/origin" -print "$2" >"$dir/$2"
+	gzip -1 -c "$dir/$2" >"$dir/$2.gz"
+	caddy_global
+	printf 'http://127.0.0.1:%s {\n\troot * %s\n\theader Content-Type application/json\n\tfile_server {\n\t\tprecompressed gzip\n\t}\n}\n' "$1" "$WORK/www"
 }
 
 proxy_site() {

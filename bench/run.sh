@@ -53,7 +53,9 @@ na() { echo "$1 $2 - 0 0 0 $CLK_TCK -1 - $3" >>"$MANIFEST"; }
 measure() {
 	local scenario=$1 body=$2 route=$3 url=$4 expect=$5 note=${6:-}
 	local out="$WORK/res/${scenario}__${body}__r$ROUND.json"
-	"$BIN/loadgen" -url "$url" -c "$CONNS" -d "$WARMUP" -n-start 0 >/dev/null
+	local hdr=()
+	[[ -n ${REQ_HEADER:-} ]] && hdr=(-H "$REQ_HEADER")
+	"$BIN/loadgen" -url "$url" -c "$CONNS" -d "$WARMUP" -n-start 0 "${hdr[@]}" >/dev/null
 	local cpu0 o0 cpu1 o1 rss r0 r1
 	cpu0=$(cpu_ticks "$CADDY_PID")
 	r0=$(cpu_ticks "$REDIS_PID")
@@ -66,17 +68,17 @@ measure() {
 			template=${url#"${url%%/api/*}"}
 		fi
 		WRK_PATH=$template WRK_N_START=1000000000 WRK_OUT="$out.wrk" \
-			wrk -t2 -c"$CONNS" -d"$DUR" -s "$BENCH_DIR/wrk.lua" "$target" >/dev/null
+			wrk -t2 -c"$CONNS" -d"$DUR" -s "$BENCH_DIR/wrk.lua" ${REQ_HEADER:+-H "$REQ_HEADER"} "$target" >/dev/null
 	else
 		"$BIN/loadgen" -url "$url" -c "$CONNS" -d "$DUR" -n-start 1000000000 \
-			-count-header X-Cache -label "$scenario/$body" >"$out"
+			-count-header X-Cache -label "$scenario/$body" "${hdr[@]}" >"$out"
 	fi
 	cpu1=$(cpu_ticks "$CADDY_PID")
 	r1=$(cpu_ticks "$REDIS_PID")
 	o1=$(origin_calls "$route")
 	rss=$(vmhwm_kb "$CADDY_PID")
 	if [[ $LOADER == wrk ]]; then
-		"$BIN/loadgen" -url "$url" -c 4 -d 1s -n-start 5000000000 -count-header X-Cache >"$out.check"
+		"$BIN/loadgen" -url "$url" -c 4 -d 1s -n-start 5000000000 -count-header X-Cache "${hdr[@]}" >"$out.check"
 		"$BIN/benchtool" attach-check "$out.wrk" "$out.check" >"$out"
 	fi
 	local warns
@@ -92,6 +94,7 @@ row() {
 	CADDY_PORT=$(freeport)
 	local base="http://127.0.0.1:$CADDY_PORT"
 	local path="/api/$body" route=$body site expect=- note="" url
+	REQ_HEADER=""
 	[[ $body == dashboard ]] && path=/api/dashboard
 	url="$base$path"
 	if [[ $ROUNDS -gt 1 ]]; then
@@ -119,11 +122,20 @@ row() {
 	miss-memory)
 		site=$(cache_site "$CADDY_PORT" "" "") expect=MISS
 		url="$base$path?n={n}&run=$RUN_ID" ;;
+	miss-off)
+		site=$(cache_site "$CADDY_PORT" "$REDIS_URL" "compress off") expect=MISS
+		url="$base$path?n={n}&run=$RUN_ID" ;;
+	enc-proxy)
+		site=$(encode_site "$CADDY_PORT" "") REQ_HEADER="Accept-Encoding: gzip" ;;
+	enc-hit)
+		site=$(encode_site "$CADDY_PORT" "$REDIS_URL") expect=HIT REQ_HEADER="Accept-Encoding: gzip" ;;
+	gz-file)
+		site=$(gzfile_site "$CADDY_PORT" "$body") REQ_HEADER="Accept-Encoding: gzip" ;;
 	*)
 		log "unknown scenario $scenario"; return 1 ;;
 	esac
 	case $scenario in
-	hit | hit-local | hit-memory | miss | miss-memory | dashboard-hit)
+	hit | hit-local | hit-memory | miss | miss-memory | dashboard-hit | miss-off | enc-hit)
 		if [[ $HAVE_MODULE != 1 ]]; then
 			na "$scenario" "$body" "$MODULE_NOTE"
 			return 0
@@ -141,7 +153,7 @@ row() {
 		log "  WARNING: $probe does not return the origin's body"
 	fi
 	case $scenario in
-	hit | hit-local | hit-memory | dashboard-hit)
+	hit | hit-local | hit-memory | dashboard-hit | enc-hit)
 		local seen
 		if seen=$(warm_until_hit "$url"); then
 			log "  curl: X-Cache: HIT after warming"
@@ -154,7 +166,9 @@ row() {
 	stop_caddy
 }
 
-for ROUND in $(seq "$ROUNDS"); do
+# MEMORY_ONLY=1 runs only the Redis memory measurement below.
+[[ ${MEMORY_ONLY:-} == 1 ]] && ROUNDS_LIST="" || ROUNDS_LIST=$(seq "$ROUNDS")
+for ROUND in $ROUNDS_LIST; do
 	for body in small large; do
 		for scenario in respond proxy hit hit-local hit-memory proxy-unique miss miss-memory; do
 			row "$scenario" "$body"
@@ -162,7 +176,53 @@ for ROUND in $(seq "$ROUNDS"); do
 	done
 	row dashboard-proxy dashboard
 	row dashboard-hit dashboard
+	for scenario in miss-off gz-file enc-proxy enc-hit; do
+		row "$scenario" large
+	done
 done
+
+# memory_row COMPRESS: Redis memory per stored 4 KiB JSON entry (used_memory
+# delta over the entries that MEMORY_DUR of distinct URLs stored, at least
+# 10,000 on an idle machine, and MEMORY USAGE averaged over up to 200 entry
+# keys), with the given compress setting. The delta includes each URL's own
+# generation key, which every entry gets, compressed or not.
+MEMORY_DUR=${MEMORY_DUR:-5s}
+MEMORY_ROWS=""
+memory_row() {
+	local setting=$1 raw
+	raw=$("$BIN/origin" -print doc | wc -c)
+	[[ $HAVE_MODULE == 1 ]] || return 0
+	CADDY_PORT=$(freeport)
+	rcli flushall >/dev/null
+	start_caddy "memory-$setting" "$(cache_site "$CADDY_PORT" "$REDIS_URL" "compress $setting")" || return 0
+	curl -s -o /dev/null "http://127.0.0.1:$CADDY_PORT/api/doc?warm=1"
+	local before after keys usage entries
+	before=$(rcli info memory | tr -d '\r' | sed -n 's/^used_memory://p')
+	local n0
+	n0=$(rcli --scan --pattern 'bench:*' | grep -vc '^bench:_' || true)
+	"$BIN/loadgen" -url "http://127.0.0.1:$CADDY_PORT/api/doc?m={n}" -c 8 -d "$MEMORY_DUR" -n-start 1 >/dev/null
+	sleep 1
+	after=$(rcli info memory | tr -d '\r' | sed -n 's/^used_memory://p')
+	entries=$(( $(rcli --scan --pattern 'bench:*' | grep -vc '^bench:_' || true) - n0 ))
+	((entries > 0)) || entries=1
+	ENTRIES=$entries
+	keys=$(rcli --scan --pattern 'bench:*' | awk '!/^bench:_/ && n++ < 200')
+	usage=$(for k in $keys; do rcli memory usage "$k"; done | awk '{s += $1; n++} END {if (n) printf "%.0f", s / n; else print 0}')
+	stop_caddy
+	MEMORY_ROWS="$MEMORY_ROWS| compress $setting | $raw B | $entries | $(( (after - before) / ENTRIES )) B | $(awk -v a=$(( (after - before) / ENTRIES )) -v r="$raw" 'BEGIN {printf "%.2f×", a / r}') | $usage B | $(awk -v a="$usage" -v r="$raw" 'BEGIN {printf "%.2f×", a / r}') |
+"
+	log "  memory, compress $setting: $(( (after - before) / ENTRIES )) B per entry (used_memory delta), MEMORY USAGE $usage B"
+}
+log "Redis memory per 4 KiB JSON entry, $MEMORY_DUR of distinct URLs per setting"
+for setting in off gzip zstd; do
+	memory_row "$setting"
+done
+if [[ ${MEMORY_ONLY:-} == 1 ]]; then
+	echo "| setting | raw body | entries | used_memory delta per entry | vs raw | MEMORY USAGE (avg of ≤200 entry keys) | vs raw |"
+	echo "|---|--:|--:|--:|--:|--:|--:|"
+	printf '%s' "$MEMORY_ROWS"
+	exit 0
+fi
 
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 ROUNDS_NOTE=""
@@ -183,6 +243,14 @@ fi
 	echo "$TABLE"
 	echo
 	echo "Columns: see bench/README.md."
+	if [[ -n $MEMORY_ROWS ]]; then
+		echo
+		echo "Redis memory per stored 4 KiB JSON entry (\`/api/doc\`, distinct URLs for $MEMORY_DUR per setting, default level of each codec):"
+		echo
+		echo "| setting | raw body | entries | used_memory delta per entry | vs raw | MEMORY USAGE (avg of ≤200 entry keys) | vs raw |"
+		echo "|---|--:|--:|--:|--:|--:|--:|"
+		printf '%s' "$MEMORY_ROWS"
+	fi
 } >"$BENCH_DIR/results.md"
 echo
 echo "$ABOUT"

@@ -3,6 +3,7 @@
 //	/api/small*      1 KiB JSON
 //	/api/large*      64 KiB JSON
 //	/api/dashboard*  4 KiB JSON after -delay (default 800ms), like an expensive aggregate
+//	/api/doc*        4 KiB JSON at once (the Redis memory per entry measurement)
 //	/_origin/stats   JSON count of requests served per route (not counted itself)
 //
 // `origin -print small|large|dashboard` writes the exact body to stdout so a
@@ -49,13 +50,14 @@ var bodies = map[string][]byte{
 	"small":     makeBody("small", 1024),
 	"large":     makeBody("large", 64*1024),
 	"dashboard": makeBody("dashboard", 4*1024),
+	"doc":       makeBody("doc", 4*1024),
 }
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:0", "listen address")
 	delay := flag.Duration("delay", 800*time.Millisecond, "delay before answering /api/dashboard")
 	cacheControl := flag.String("cache-control", "", "Cache-Control header on /api/* responses (empty: none)")
-	printBody := flag.String("print", "", "print the body for small|large|dashboard and exit")
+	printBody := flag.String("print", "", "print the body for small|large|dashboard|doc and exit")
 	flag.Parse()
 
 	if *printBody != "" {
@@ -97,6 +99,7 @@ func main() {
 	mux.HandleFunc("/api/small", serve("small", &counts.small, 0))
 	mux.HandleFunc("/api/large", serve("large", &counts.large, 0))
 	mux.HandleFunc("/api/dashboard", serve("dashboard", &counts.dashboard, *delay))
+	mux.HandleFunc("/api/doc", serve("doc", &counts.other, 0))
 	mux.HandleFunc("/_origin/stats", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(map[string]int64{
