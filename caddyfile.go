@@ -44,7 +44,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_ttl <duration>
 //		status <codes...>
 //		purge_header <name>
-//		tags_header <name>
+//		tags_header <name...>
+//		purge_method <METHOD> {
+//			<request matchers...>
+//		}
 //		request_cache_control ignore|honor
 //		targeted_cache_control <field...>
 //		stale_if_unreachable <duration>|off
@@ -59,7 +62,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			key <template>
 //			key_optional <placeholder...>
 //			tags <template...>
-//			invalidates <route...>
+//			invalidates <route|tag:template...>
 //			vary <header...>
 //			purge route|uri
 //			stale_while_revalidate <duration>
@@ -210,8 +213,22 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		}
 	case "purge_header":
 		h.PurgeHeader, err = singleArg(d)
+	case "purge_method":
+		h.PurgeMethod, err = unmarshalPurgeMethod(d)
 	case "tags_header":
-		h.TagsHeader, err = singleArg(d)
+		var names []string
+		if names, err = listArg(d); err == nil {
+			for _, n := range names {
+				if !isToken(n) {
+					return d.Errf("tags_header %q: not a header field name", n)
+				}
+			}
+			if len(names) == 1 {
+				h.TagsHeader = names[0]
+			} else {
+				h.TagsHeaders = names
+			}
+		}
 	case "route":
 		var rt *Route
 		if rt, err = unmarshalRoute(d); err == nil {
@@ -232,6 +249,9 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 // that does not exist, rather than waiting for Validate at load time.
 func (h *Handler) checkRouteReferences(d *caddyfile.Dispenser) error {
 	if rt, target := unknownInvalidation(h.Routes); rt != nil {
+		if rt.invalidatesAt.Text != "" {
+			return errAtToken(rt.invalidatesAt, "route %q: invalidates unknown route %q", rt.Name, target)
+		}
 		return d.Errf("route %q: invalidates unknown route %q", rt.Name, target)
 	}
 	return nil
@@ -299,7 +319,14 @@ func (rt *Route) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 	case "tags":
 		rt.Tags, err = listArg(d)
 	case "invalidates":
-		rt.Invalidates, err = listArg(d)
+		rt.invalidatesAt = d.Token()
+		if rt.Invalidates, err = listArg(d); err == nil {
+			for _, item := range rt.Invalidates {
+				if itemErr := checkInvalidatesItem(item); itemErr != nil {
+					return d.Errf("route %q: %v", rt.Name, itemErr)
+				}
+			}
+		}
 	case "vary":
 		rt.Vary, err = listArg(d)
 		for i, v := range rt.Vary {

@@ -28,6 +28,9 @@ const cacheStatusName = "redis_cache"
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.PurgeMethod != nil && r.Method == h.PurgeMethod.Method {
+		return h.servePurgeMethod(w, r)
+	}
 	normPath, canonical := normalizedPath(r)
 	rt := h.matchRoute(normPath)
 	if rt == nil {

@@ -54,6 +54,7 @@ func (h *Handler) mutationGens(r *http.Request, rt *Route, normPath string, code
 	if !rt.purgeURI && h.purgesRoutes(code) {
 		gens = append(gens, rt.routeGen)
 		gens = append(gens, rt.invalGens...)
+		gens = append(gens, h.invalidationTagGens(r, rt)...)
 	}
 	for _, name := range []string{"Location", "Content-Location"} {
 		if g := h.sameOriginGen(r, hdr.Get(name)); g != "" {

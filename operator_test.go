@@ -1,0 +1,252 @@
+package rediscache
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// Integration tests of issue 15 (operator experience), through the real
+// Caddy binary.
+
+// opTagged makes u answer path with one tag field.
+func opTagged(u *upstream, path, field, value string) {
+	u.Handle(path, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set(field, value)
+		fmt.Fprintf(w, `{"path":%q}`, r.URL.Path)
+	})
+}
+
+// opAdminPurge posts an admin purge and fails unless it answers 200.
+func opAdminPurge(t *testing.T, c *caddyProc, body string) {
+	t.Helper()
+	if code, out := c.Admin("POST", "/redis_cache/purge", body); code != 200 {
+		t.Fatalf("admin purge %s: %d %s", body, code, out)
+	}
+}
+
+func opExpect(t *testing.T, c *caddyProc, label, path, xcache string, headers ...string) *http.Response {
+	t.Helper()
+	resp, body := c.Get(path, headers...)
+	integExpect(t, label, resp, body, 200, xcache)
+	return resp
+}
+
+// Surrogate-Key (spaces), Cache-Tag (commas) and X-Cache-Tags tag entries by
+// default and never reach clients; tags_header replaces the set. On the old
+// code, Surrogate-Key and Cache-Tag reached the client and their tag purges
+// purged nothing.
+func TestOperatorTagHeaders(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	u := newUpstream(t)
+	opTagged(u, "/api/content/sk", "Surrogate-Key", "alpha  beta")
+	opTagged(u, "/api/content/ct", "Cache-Tag", "gamma, delta")
+	opTagged(u, "/api/content/xt", "X-Cache-Tags", "eps")
+	c := startCaddy(t, integSite(u, integRedis(r)+"\n\t\troute content /api/content* 5m"))
+	paths := []string{"/api/content/sk", "/api/content/ct", "/api/content/xt"}
+	for _, p := range paths {
+		integMissThenHit(t, c, u, p)
+		resp, _ := c.Get(p)
+		for _, f := range []string{"Surrogate-Key", "Cache-Tag", "X-Cache-Tags"} {
+			if v := resp.Header.Values(f); len(v) > 0 {
+				t.Fatalf("GET %s: client received %s: %q", p, f, v)
+			}
+		}
+	}
+	opAdminPurge(t, c, `{"tag":"beta"}`)
+	opExpect(t, c, "sk after purge of tag beta", "/api/content/sk", "MISS")
+	opExpect(t, c, "ct after purge of tag beta", "/api/content/ct", "HIT")
+	opAdminPurge(t, c, `{"tag":"delta"}`)
+	opExpect(t, c, "ct after purge of tag delta", "/api/content/ct", "MISS")
+	opExpect(t, c, "xt after purge of tag delta", "/api/content/xt", "HIT")
+	opAdminPurge(t, c, `{"tag":"eps"}`)
+	opExpect(t, c, "xt after purge of tag eps", "/api/content/xt", "MISS")
+
+	// tags_header with one name keeps its old meaning: that field alone.
+	if err := c.Reload(integSite(u, integRedis(r)+"\n\t\tnamespace other\n\t\ttags_header X-Mine\n\t\troute content /api/content* 5m")); err != nil {
+		t.Fatal(err)
+	}
+	opTagged(u, "/api/content/mine", "X-Mine", "m1")
+	integMissThenHit(t, c, u, "/api/content/mine")
+	resp := opExpect(t, c, "sk with tags_header X-Mine", "/api/content/sk", "MISS")
+	if resp.Header.Get("Surrogate-Key") != "alpha  beta" {
+		t.Fatalf("with tags_header X-Mine, Surrogate-Key %q, want it passed through", resp.Header.Get("Surrogate-Key"))
+	}
+	if resp := opExpect(t, c, "mine", "/api/content/mine", "HIT"); resp.Header.Get("X-Mine") != "" {
+		t.Fatalf("X-Mine reached the client: %q", resp.Header.Get("X-Mine"))
+	}
+	opAdminPurge(t, c, `{"tag":"m1"}`)
+	opExpect(t, c, "mine after purge", "/api/content/mine", "MISS")
+}
+
+// PURGE is answered by the module for the clients its matchers allow, 403
+// for others, and never forwarded. On the old code it was forwarded to the
+// upstream as a mutation.
+func TestOperatorPurgeMethod(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	u := newUpstream(t)
+	opTagged(u, "/api/content/t", "Surrogate-Key", "grp")
+	c := startCaddy(t, integSite(u, integRedis(r)+`
+		purge_method PURGE {
+			header X-Purge-Token s3cret
+		}
+		route content /api/content* 5m`))
+	for _, p := range []string{"/api/content/a", "/api/content/b", "/api/content/t", "/api/content/q?x=1"} {
+		integMissThenHit(t, c, u, p)
+	}
+	purge := func(path string, headers ...string) (*http.Response, map[string]any) {
+		t.Helper()
+		resp, body := integDo(t, c, "PURGE", path, headers...)
+		var out map[string]any
+		if resp.StatusCode == 200 {
+			if err := json.Unmarshal([]byte(body), &out); err != nil {
+				t.Fatalf("PURGE %s: body %q is not JSON: %v", path, body, err)
+			}
+		}
+		return resp, out
+	}
+
+	if resp, _ := purge("/api/content/a"); resp.StatusCode != 403 {
+		t.Fatalf("PURGE without the token: %d, want 403", resp.StatusCode)
+	}
+	if resp, _ := purge("/api/content/a", "X-Purge-Token: wrong", "Surrogate-Key: grp"); resp.StatusCode != 403 {
+		t.Fatalf("PURGE with a wrong token: %d, want 403", resp.StatusCode)
+	}
+	opExpect(t, c, "a after refused purges", "/api/content/a", "HIT")
+	opExpect(t, c, "t after refused purges", "/api/content/t", "HIT")
+
+	resp, out := purge("/api/content/a", "X-Purge-Token: s3cret")
+	if resp.StatusCode != 200 || out["kind"] != "uri" || !strings.HasSuffix(fmt.Sprint(out["uri"]), "/api/content/a") {
+		t.Fatalf("PURGE /api/content/a: %d %v", resp.StatusCode, out)
+	}
+	opExpect(t, c, "a after PURGE", "/api/content/a", "MISS")
+	opExpect(t, c, "b after PURGE of a", "/api/content/b", "HIT")
+	opExpect(t, c, "q after PURGE of a", "/api/content/q?x=1", "HIT")
+	if resp, _ := purge("/api/content/q?x=1", "X-Purge-Token: s3cret"); resp.StatusCode != 200 {
+		t.Fatalf("PURGE with a query: %d", resp.StatusCode)
+	}
+	opExpect(t, c, "q after its PURGE", "/api/content/q?x=1", "MISS")
+
+	resp, out = purge("/", "X-Purge-Token: s3cret", "Surrogate-Key: grp other")
+	if resp.StatusCode != 200 || out["kind"] != "tag" || fmt.Sprint(out["tags"]) != "[grp other]" {
+		t.Fatalf("PURGE with Surrogate-Key: %d %v", resp.StatusCode, out)
+	}
+	opExpect(t, c, "t after tag PURGE", "/api/content/t", "MISS")
+	opExpect(t, c, "b after tag PURGE", "/api/content/b", "HIT")
+
+	// Outside every route, still answered here.
+	if resp, _ := purge("/elsewhere", "X-Purge-Token: s3cret"); resp.StatusCode != 200 {
+		t.Fatalf("PURGE outside the routes: %d", resp.StatusCode)
+	}
+	u.mu.Lock()
+	forwarded := 0
+	for k, n := range u.calls {
+		if strings.HasPrefix(k, "PURGE ") {
+			forwarded += n
+		}
+	}
+	u.mu.Unlock()
+	if forwarded != 0 {
+		t.Fatalf("%d PURGE requests reached the upstream", forwarded)
+	}
+}
+
+// A tag template in invalidates purges one user's entries in one write. On
+// the old code the configuration was rejected ("invalidates unknown route").
+func TestOperatorInvalidatesTag(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	u := newUpstream(t)
+	c := startCaddy(t, integSite(u, integRedis(r)+`
+		route dash /api/dashboard* 5m {
+			key {http.request.header.X-User-Id}
+			tags user:{http.request.header.X-User-Id}
+		}
+		route content /api/content* 5m
+		route campaigns /api/campaigns* 2m {
+			invalidates content tag:user:{http.request.header.X-User-Id}
+		}`))
+	for _, user := range []string{"u1", "u2"} {
+		integMissThenHit(t, c, u, "/api/dashboard", "X-User-Id: "+user)
+	}
+	integMissThenHit(t, c, u, "/api/content/x")
+
+	post := func(headers ...string) {
+		t.Helper()
+		if resp, body := integDo(t, c, "POST", "/api/campaigns", headers...); resp.StatusCode != 200 {
+			t.Fatalf("POST /api/campaigns: %d %s", resp.StatusCode, body)
+		}
+	}
+	// Without the header the template is empty: no tag is purged.
+	post()
+	opExpect(t, c, "u1 after an anonymous POST", "/api/dashboard", "HIT", "X-User-Id: u1")
+	opExpect(t, c, "u2 after an anonymous POST", "/api/dashboard", "HIT", "X-User-Id: u2")
+	opExpect(t, c, "content after a POST (named route)", "/api/content/x", "MISS")
+
+	post("X-User-Id: u1")
+	opExpect(t, c, "u1 after u1's POST", "/api/dashboard", "MISS", "X-User-Id: u1")
+	opExpect(t, c, "u2 after u1's POST", "/api/dashboard", "HIT", "X-User-Id: u2")
+	opExpect(t, c, "u1 again", "/api/dashboard", "HIT", "X-User-Id: u1")
+
+	// A failed mutation purges nothing.
+	u.Handle("/api/campaigns", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) })
+	if resp, _ := integDo(t, c, "POST", "/api/campaigns", "X-User-Id: u2"); resp.StatusCode != 500 {
+		t.Fatalf("failing POST: %d", resp.StatusCode)
+	}
+	opExpect(t, c, "u2 after a failed POST", "/api/dashboard", "HIT", "X-User-Id: u2")
+}
+
+// Configuration mistakes of the new options fail caddy validate and adapt,
+// naming the line.
+func TestOperatorBadConfig(t *testing.T) {
+	t.Parallel()
+	const up = "\treverse_proxy 127.0.0.1:9"
+	// harnessCaddyfile puts the site body's first line at line 13.
+	lineOf := func(site, needle string) int { return strings.Count(site[:strings.Index(site, needle)], "\n") + 13 }
+	cases := []struct {
+		name, block, needle string
+		want                []string
+	}{
+		{"invalidates unknown route names its line", "\t\troute a /a 5m {\n\t\t\tttl 1m\n\t\t\tinvalidates b ghost\n\t\t\tstale_if_error 1m\n\t\t}\n\t\troute b /b 5m", "invalidates",
+			[]string{`invalidates unknown route "ghost"`}},
+		{"bad invalidates item", "\t\troute a /a 5m {\n\t\t\tinvalidates tag:\n\t\t}", "invalidates", []string{`"tag:"`}},
+		{"purge_method without matchers", "\t\tpurge_method PURGE\n\t\troute a /a 5m", "purge_method", []string{"purge_method", "matcher block"}},
+		{"purge_method GET", "\t\tpurge_method GET {\n\t\t\tremote_ip 10.0.0.0/8\n\t\t}\n\t\troute a /a 5m", "purge_method", []string{"purge_method", `"GET"`}},
+	}
+	sem := make(chan struct{}, 3)
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			site := "\tredis_cache {\n" + tc.block + "\n\t}\n" + up
+			want := append(tc.want, fmt.Sprintf("Caddyfile:%d", lineOf(site, tc.needle)))
+			_, verr := caddyValidate(t, site)
+			_, aerr := caddyAdapt(t, site)
+			if verr == nil || aerr == nil {
+				t.Fatalf("accepted (validate err %v, adapt err %v):\n%s", verr, aerr, site)
+			}
+			for _, w := range want {
+				for _, msg := range []string{integUnescape(verr.Error()), integUnescape(aerr.Error())} {
+					if !strings.Contains(msg, w) {
+						t.Errorf("error does not name %q:\n%s", w, msg)
+					}
+				}
+			}
+		})
+	}
+	t.Run("valid purge_method and tag invalidation", func(t *testing.T) {
+		t.Parallel()
+		sem <- struct{}{}
+		defer func() { <-sem }()
+		site := "\tredis_cache {\n\t\tpurge_method PURGE {\n\t\t\tremote_ip 10.0.0.0/8 127.0.0.1/32\n\t\t}\n\t\ttags_header Surrogate-Key Cache-Tag\n\t\troute a /a 5m {\n\t\t\tinvalidates b tag:user:{http.request.header.X-User-Id}\n\t\t}\n\t\troute b /b 5m\n\t}\n" + up
+		if out, err := caddyValidate(t, site); err != nil || !strings.Contains(out, "Valid configuration") {
+			t.Fatalf("valid config rejected: %v\n%s", err, out)
+		}
+	})
+}
