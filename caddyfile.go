@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+	"github.com/redis/go-redis/v9"
 )
 
 func init() {
@@ -104,6 +105,12 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		for _, u := range h.Redis {
 			if !strings.HasPrefix(u, "redis://") && !strings.HasPrefix(u, "rediss://") && !strings.HasPrefix(u, "{") {
 				return d.Errf("redis %q: URL must start with redis:// or rediss://", redactURL(u))
+			}
+			if strings.Contains(u, "{") {
+				continue // placeholders are resolved at provision
+			}
+			if _, perr := redis.ParseURL(stripClusterParam(u)); perr != nil {
+				return d.Errf("%v", redisURLError(u, perr))
 			}
 		}
 	case "username":

@@ -361,6 +361,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.ctx = ctx
 	h.background = new(sync.WaitGroup)
 	h.logger = ctx.Logger()
+	installRedisLogger()
 	h.setDefaults()
 	h.compileTagHeaders()
 	if err := h.compileRoutes(); err != nil {

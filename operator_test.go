@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Integration tests of issue 15 (operator experience), through the real
@@ -211,12 +212,15 @@ func TestOperatorBadConfig(t *testing.T) {
 	cases := []struct {
 		name, block, needle string
 		want                []string
+		forbid              string
 	}{
 		{"invalidates unknown route names its line", "\t\troute a /a 5m {\n\t\t\tttl 1m\n\t\t\tinvalidates b ghost\n\t\t\tstale_if_error 1m\n\t\t}\n\t\troute b /b 5m", "invalidates",
-			[]string{`invalidates unknown route "ghost"`}},
-		{"bad invalidates item", "\t\troute a /a 5m {\n\t\t\tinvalidates tag:\n\t\t}", "invalidates", []string{`"tag:"`}},
-		{"purge_method without matchers", "\t\tpurge_method PURGE\n\t\troute a /a 5m", "purge_method", []string{"purge_method", "matcher block"}},
-		{"purge_method GET", "\t\tpurge_method GET {\n\t\t\tremote_ip 10.0.0.0/8\n\t\t}\n\t\troute a /a 5m", "purge_method", []string{"purge_method", `"GET"`}},
+			[]string{`invalidates unknown route "ghost"`}, ""},
+		{"bad invalidates item", "\t\troute a /a 5m {\n\t\t\tinvalidates tag:\n\t\t}", "invalidates", []string{`"tag:"`}, ""},
+		{"redis URL that does not parse", "\t\tredis redis://:s3cretpw@127.0.0.1:notaport/0\n\t\troute a /a 5m", "redis redis", []string{"redis", "invalid port"}, "s3cretpw"},
+		{"redis URL with a bad database", "\t\tredis redis://u:s3cretpw@127.0.0.1:6379/abc\n\t\troute a /a 5m", "redis redis", []string{"redis", "database"}, "s3cretpw"},
+		{"purge_method without matchers", "\t\tpurge_method PURGE\n\t\troute a /a 5m", "purge_method", []string{"purge_method", "matcher block"}, ""},
+		{"purge_method GET", "\t\tpurge_method GET {\n\t\t\tremote_ip 10.0.0.0/8\n\t\t}\n\t\troute a /a 5m", "purge_method", []string{"purge_method", `"GET"`}, ""},
 	}
 	sem := make(chan struct{}, 3)
 	for _, tc := range cases {
@@ -236,6 +240,9 @@ func TestOperatorBadConfig(t *testing.T) {
 					if !strings.Contains(msg, w) {
 						t.Errorf("error does not name %q:\n%s", w, msg)
 					}
+					if tc.forbid != "" && strings.Contains(msg, tc.forbid) {
+						t.Errorf("error reveals %q:\n%s", tc.forbid, msg)
+					}
 				}
 			}
 		})
@@ -247,6 +254,74 @@ func TestOperatorBadConfig(t *testing.T) {
 		site := "\tredis_cache {\n\t\tpurge_method PURGE {\n\t\t\tremote_ip 10.0.0.0/8 127.0.0.1/32\n\t\t}\n\t\ttags_header Surrogate-Key Cache-Tag\n\t\troute a /a 5m {\n\t\t\tinvalidates b tag:user:{http.request.header.X-User-Id}\n\t\t}\n\t\troute b /b 5m\n\t}\n" + up
 		if out, err := caddyValidate(t, site); err != nil || !strings.Contains(out, "Valid configuration") {
 			t.Fatalf("valid config rejected: %v\n%s", err, out)
+		}
+	})
+}
+
+// /redis_cache/health and /stats say whether Redis answers now, before any
+// traffic and without it; go-redis's own log lines go through zap. On the
+// old code, health said healthy before any traffic with Redis unreachable.
+func TestOperatorHealth(t *testing.T) {
+	t.Parallel()
+	u := newUpstream(t)
+	health := func(c *caddyProc) (int, map[string]any) {
+		t.Helper()
+		code, body := c.Admin("GET", "/redis_cache/health", "")
+		var out map[string]any
+		if err := json.Unmarshal([]byte(body), &out); err != nil {
+			t.Fatalf("health body %q: %v", body, err)
+		}
+		return code, out
+	}
+	waitHealth := func(c *caddyProc, label string, want int) {
+		t.Helper()
+		var code int
+		var out map[string]any
+		if !harnessWaitUntil(10*time.Second, func() bool { code, out = health(c); return code == want }) {
+			t.Fatalf("%s: health %d %v, want %d within 10s", label, code, out, want)
+		}
+	}
+
+	t.Run("unreachable from the start", func(t *testing.T) {
+		t.Parallel()
+		for _, url := range []string{fmt.Sprintf("redis://127.0.0.1:%d", freePort(t)), "redis://no-such-host.invalid:6379"} {
+			c := startCaddy(t, integSite(u, "\t\tredis "+url+"\n\t\troute content /api/content* 5m"))
+			// No request has gone through the cache.
+			code, out := health(c)
+			if code != 503 || out["healthy"] != false {
+				t.Fatalf("%s, no traffic: health %d %v, want 503 unhealthy", url, code, out)
+			}
+			_, stats := c.Admin("GET", "/redis_cache/stats", "")
+			if !strings.Contains(stats, `"healthy":false`) || strings.Contains(stats, `"healthy":true`) {
+				t.Fatalf("%s: stats %s, want healthy false", url, stats)
+			}
+			// Requests still succeed.
+			resp, body := c.Get("/api/content/x")
+			integExpect(t, "GET with Redis unreachable", resp, body, 200, "SKIP")
+			time.Sleep(1500 * time.Millisecond) // a few probes and dial failures
+			for _, line := range strings.Split(c.Logs(), "\n") {
+				if strings.Contains(line, "redis: ") && !strings.HasPrefix(strings.TrimSpace(line), "{") {
+					t.Fatalf("%s: a log line not through zap: %s", url, line)
+				}
+			}
+			if n := integCount(c, "redis health probe: no answer"); n != 1 {
+				t.Errorf("%s: %d probe warnings, want 1 (a state change, not one per probe)", url, n)
+			}
+			c.Stop()
+		}
+	})
+
+	t.Run("follows Redis without traffic", func(t *testing.T) {
+		t.Parallel()
+		r := startRedis(t)
+		c := startCaddy(t, integSite(u, integRedis(r)+"\n\t\troute content /api/content* 5m"))
+		waitHealth(c, "redis up", 200)
+		r.Kill()
+		waitHealth(c, "redis killed", 503)
+		r.Restart()
+		waitHealth(c, "redis restarted", 200)
+		if !c.WaitForLog("PING answered again", 5*time.Second) {
+			t.Fatalf("no recovery line in the log")
 		}
 	})
 }

@@ -88,6 +88,7 @@ type guardedStore struct {
 	pendingLogged atomic.Bool
 	stopRetry     context.CancelFunc
 	namespaces    *sync.Map // namespace -> generation TTL; shared with a Redis backend
+	probe         *healthProbe
 }
 
 func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetrics) (*guardedStore, error) {
@@ -140,6 +141,7 @@ func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetr
 		}
 	})
 	metrics.setBreaker(backend.kind(), false)
+	g.probe = newHealthProbe(redisPing(backend), opts.timeout, logger)
 	return g, nil
 }
 
@@ -152,6 +154,7 @@ func (g *guardedStore) serveNamespace(ns string, genTTL time.Duration) {
 // Destruct closes the backend when no config uses it any more.
 func (g *guardedStore) Destruct() error {
 	g.stopRetry()
+	g.probe.close()
 	if g.stopListen != nil {
 		g.stopListen()
 	}
