@@ -71,6 +71,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			cache_control <value>
 //			content_type <media-type...>
 //			heuristic <percent>|off
+//			ignore_query <param-glob...>
+//			key_query <param...>
 //		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -351,6 +353,18 @@ func (rt *Route) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		rt.CacheControl, err = singleArg(d)
 	case "content_type":
 		rt.ContentTypes, err = listArg(d)
+	case "ignore_query":
+		if rt.IgnoreQuery, err = listArg(d); err == nil {
+			if verr := validateQueryParams(rt.IgnoreQuery, nil); verr != nil {
+				return d.Errf("route %q: %v", rt.Name, verr)
+			}
+		}
+	case "key_query":
+		if rt.KeyQuery, err = listArg(d); err == nil {
+			if verr := validateQueryParams(nil, rt.KeyQuery); verr != nil {
+				return d.Errf("route %q: %v", rt.Name, verr)
+			}
+		}
 	case "heuristic":
 		var arg string
 		if arg, err = singleArg(d); err == nil {

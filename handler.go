@@ -52,6 +52,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if reason := h.uncacheableRequest(r, rt, canonical); reason != "" {
 		return h.bypass(w, r, next, rt, "bypass", reason)
 	}
+	rt.normalizeQuery(r)
 	ek := evaluatedKey{}
 	if rt.keyRepl {
 		ek = rt.evaluateKey(r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer), r.Header)

@@ -42,7 +42,7 @@ func (h *Handler) purgeGens(ctx context.Context, kind string, soft bool, gens ..
 // whatever the upstream names in the purge header.
 func (h *Handler) mutationGens(r *http.Request, rt *Route, normPath string, code int, hdr http.Header) []string {
 	scheme, host := requestScheme(r), strings.ToLower(r.Host)
-	gens := []string{h.uriGenKey(scheme, host, normPath, sortedQuery(r.URL.RawQuery))}
+	gens := []string{h.uriGenKey(scheme, host, normPath, sortedQuery(rt.filterQuery(r.URL.RawQuery)))}
 	if !rt.purgeURI && h.purgesRoutes(code) {
 		gens = append(gens, rt.routeGen)
 		gens = append(gens, rt.invalGens...)

@@ -332,6 +332,21 @@ type Route struct {
 	// it. Default: 10; -1 turns heuristic freshness off.
 	Heuristic int `json:"heuristic,omitempty"`
 
+	// IgnoreQuery lists query parameter names or globs ("utm_*",
+	// "gclid", "fbclid") removed from cacheable requests of this route,
+	// from the key and from what the upstream receives alike, so tracking
+	// parameters do not split the cache. Risk: the origin never sees them
+	// on GET and HEAD requests of the route; do not list a parameter that
+	// changes the answer. Default: none.
+	IgnoreQuery []string `json:"ignore_query,omitempty"`
+
+	// KeyQuery, when set, is the allowlist of query parameters kept on
+	// cacheable requests of this route; every other parameter is removed
+	// from the key and from the upstream request alike. Risk: a parameter
+	// the origin needs but that is missing here is silently dropped.
+	// Default: every parameter is kept.
+	KeyQuery []string `json:"key_query,omitempty"`
+
 	matcher          pathMatcher
 	heuristicPercent int
 	keyRepl          bool
@@ -612,6 +627,9 @@ func (rt *Route) validate() error {
 		if name == "" || strings.ContainsAny(name, " \t:,") {
 			return fmt.Errorf("route %q: vary %q: not a header name", rt.Name, name)
 		}
+	}
+	if err := validateQueryParams(rt.IgnoreQuery, rt.KeyQuery); err != nil {
+		return fmt.Errorf("route %q: %v", rt.Name, err)
 	}
 	for _, item := range rt.Invalidates {
 		if err := checkInvalidatesItem(item); err != nil {

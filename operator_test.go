@@ -325,3 +325,42 @@ func TestOperatorHealth(t *testing.T) {
 		}
 	})
 }
+
+// ignore_query and key_query drop parameters from the key and from what the
+// upstream receives. On the old code the options did not exist.
+func TestOperatorQueryNormalisation(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	u := newUpstream(t)
+	c := startCaddy(t, integSite(u, integRedis(r)+`
+		route content /api/content* 5m {
+			ignore_query utm_* gclid
+			purge uri
+		}
+		route plat /api/plat* 5m {
+			key_query platform
+		}`))
+	get := func(path, xcache, wantQuery string) {
+		t.Helper()
+		resp, body := c.Get(path)
+		integExpect(t, "GET "+path, resp, body, 200, xcache)
+		if b := integBody(t, path, body); b.Query != wantQuery {
+			t.Fatalf("GET %s: the upstream saw query %q, want %q", path, b.Query, wantQuery)
+		}
+	}
+	get("/api/content/a?utm_source=x&id=1", "MISS", "id=1")
+	get("/api/content/a?id=1&utm_medium=y&gclid=z", "HIT", "id=1")
+	get("/api/content/a?id=2&utm_source=x", "MISS", "id=2")
+	get("/api/plat?platform=ios&foo=1", "MISS", "platform=ios")
+	get("/api/plat?bar=2&platform=ios", "HIT", "platform=ios")
+	get("/api/plat?platform=android", "MISS", "platform=android")
+
+	// A mutation's target URI is normalised the same way.
+	if resp, _ := integDo(t, c, "POST", "/api/content/a?id=1&utm_source=q"); resp.StatusCode != 200 {
+		t.Fatalf("POST: %d", resp.StatusCode)
+	}
+	get("/api/content/a?id=1", "MISS", "id=1")
+	if q := u.LastHeaders("POST", "/api/content/a"); q == nil {
+		t.Fatalf("POST did not reach the upstream")
+	}
+}

@@ -122,10 +122,14 @@ func (h *Handler) servePurgeMethod(w http.ResponseWriter, r *http.Request) error
 	} else {
 		normPath, _ := normalizedPath(r)
 		host := normalizeHost(r.Host)
-		gens = append(gens, h.uriGenKey(requestScheme(r), host, normPath, sortedQuery(r.URL.RawQuery)))
+		query := r.URL.RawQuery
+		if rt := h.matchRoute(normPath); rt != nil {
+			query = rt.filterQuery(query)
+		}
+		gens = append(gens, h.uriGenKey(requestScheme(r), host, normPath, sortedQuery(query)))
 		res.URI = requestScheme(r) + "://" + host + normPath
-		if r.URL.RawQuery != "" {
-			res.URI += "?" + r.URL.RawQuery
+		if query != "" {
+			res.URI += "?" + query
 		}
 	}
 	res.Queued = h.purgeGens(r.Context(), "method", false, gens...)
