@@ -34,6 +34,8 @@ func (a adminAPI) Routes() []caddy.AdminRoute {
 		{Pattern: "/redis_cache/purge", Handler: caddy.AdminHandlerFunc(a.handlePurge)},
 		{Pattern: "/redis_cache/stats", Handler: caddy.AdminHandlerFunc(a.handleStats)},
 		{Pattern: "/redis_cache/health", Handler: caddy.AdminHandlerFunc(a.handleHealth)},
+		{Pattern: "/redis_cache/entry", Handler: caddy.AdminHandlerFunc(a.handleEntry)},
+		{Pattern: "/redis_cache/keys", Handler: caddy.AdminHandlerFunc(a.handleKeys)},
 	}
 }
 
@@ -135,6 +137,14 @@ func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 		Namespace string         `json:"namespace"`
 		Healthy   bool           `json:"healthy"`
 		Health    map[string]any `json:"health"` // breaker and last PING
+		// KeyCount is the number of entries of the namespace; for Redis an
+		// estimate (KeyCountExact false) from DBSIZE and random samples.
+		KeyCount      int64 `json:"key_count"`
+		KeyCountExact bool  `json:"key_count_exact"`
+		// Commands counts Redis commands and requests since the store was
+		// created, and their ratio.
+		Commands  map[string]any `json:"redis_commands,omitempty"`
+		Inflight  map[string]any `json:"inflight_budget,omitempty"`
 		Info      map[string]any `json:"info"`
 		LatencyMS float64        `json:"latency_ms,omitempty"` // one INFO round trip
 		Routes    map[string]any `json:"routes"`
@@ -158,8 +168,11 @@ func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 			start := time.Now()
 			s.Info = h.store.backend.info(ctx)
 			s.LatencyMS = float64(time.Since(start).Microseconds()) / 1000
+			s.KeyCount, s.KeyCountExact, _ = h.keyCount(ctx)
 			cancel()
 		}
+		s.Commands = h.store.commandStats()
+		s.Inflight = h.inflight.stats()
 		for _, rt := range h.Routes {
 			hits, misses, stale := rt.stats.hits.Load(), rt.stats.misses.Load(), rt.stats.stale.Load()
 			rs := routeStatsJSON{Hits: hits, Misses: misses, Stale: stale, Skips: rt.stats.skips.Load()}

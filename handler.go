@@ -661,6 +661,7 @@ func (cr *cacheRequest) countResult(xcache string) {
 func (h *Handler) count(rt *Route, xcache string) {
 	h.metrics.countRequest(rt.Name, xcache)
 	rt.stats.count(xcache)
+	h.store.countRequest()
 }
 
 // upstreamRequest is the request sent upstream on a miss: HEAD becomes

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -363,4 +364,141 @@ func TestOperatorQueryNormalisation(t *testing.T) {
 	if q := u.LastHeaders("POST", "/api/content/a"); q == nil {
 		t.Fatalf("POST did not reach the upstream")
 	}
+}
+
+// The admin API shows what is stored for a URL, lists a route's keys and
+// counts entries and Redis commands. On the old code none of it existed.
+func TestOperatorInspection(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	u := newUpstream(t)
+	c := startCaddy(t, integSite(u, integRedis(r)+`
+		route dash /api/dashboard* 5m {
+			key {http.request.header.X-User-Id}
+			tags user:{http.request.header.X-User-Id}
+		}
+		route content /api/content* 5m {
+			stale_while_revalidate 1m
+		}`))
+	integMissThenHit(t, c, u, "/api/content/a")
+	integMissThenHit(t, c, u, "/api/content/b")
+	integMissThenHit(t, c, u, "/api/dashboard", "X-User-Id: u1")
+
+	type entryJSON struct {
+		Key         string              `json:"key"`
+		Route       string              `json:"route"`
+		Status      int                 `json:"status"`
+		Headers     map[string][]string `json:"headers"`
+		BodyBytes   int                 `json:"body_bytes"`
+		TTL         int                 `json:"ttl_s"`
+		SWR         int                 `json:"stale_while_revalidate_s"`
+		Tags        []string            `json:"tags"`
+		Servable    bool                `json:"servable"`
+		Fresh       bool                `json:"fresh"`
+		Store       string              `json:"store"`
+		Generations []struct {
+			Key   string `json:"key"`
+			Valid bool   `json:"valid"`
+		} `json:"generations"`
+	}
+	entry := func(label, path string, headers ...string) (int, entryJSON, string) {
+		t.Helper()
+		q := "url=" + url.QueryEscape(c.BaseURL+path)
+		for _, h := range headers {
+			q += "&header=" + url.QueryEscape(h)
+		}
+		code, body := c.Admin("GET", "/redis_cache/entry?"+q, "")
+		var out struct {
+			Entries []entryJSON `json:"entries"`
+		}
+		if code == 200 {
+			if err := json.Unmarshal([]byte(body), &out); err != nil || len(out.Entries) != 1 {
+				t.Fatalf("%s: entry body %s (%v)", label, body, err)
+			}
+			return code, out.Entries[0], body
+		}
+		return code, entryJSON{}, body
+	}
+
+	code, e, body := entry("content a", "/api/content/a")
+	if code != 200 || e.Route != "content" || !strings.HasPrefix(e.Key, "rcache:content:") || e.Status != 200 ||
+		e.BodyBytes == 0 || e.TTL < 200 || e.SWR != 60 || !e.Servable || !e.Fresh || e.Store == "" || len(e.Generations) < 3 {
+		t.Fatalf("entry for /api/content/a: %d %s", code, body)
+	}
+	if code, _, body := entry("content missing", "/api/content/none"); code != 404 {
+		t.Fatalf("entry for an unstored URL: %d %s, want 404", code, body)
+	}
+	if code, _, body := entry("dash without identity", "/api/dashboard"); code != 404 {
+		t.Fatalf("entry for the dashboard without X-User-Id: %d %s, want 404", code, body)
+	}
+	code, d, body := entry("dash u1", "/api/dashboard", "X-User-Id: u1")
+	if code != 200 || d.Route != "dash" || len(d.Tags) != 1 || !strings.Contains(d.Tags[0], "u1") || !d.Servable {
+		t.Fatalf("entry for u1's dashboard: %d %s", code, body)
+	}
+	opAdminPurge(t, c, `{"tag":"user:u1"}`)
+	code, d, body = entry("dash u1 after its tag purge", "/api/dashboard", "X-User-Id: u1")
+	invalid := 0
+	for _, g := range d.Generations {
+		if !g.Valid {
+			invalid++
+		}
+	}
+	if code != 200 || d.Servable || invalid != 1 {
+		t.Fatalf("entry after the tag purge: %d %s, want still stored, not servable, one generation no longer current", code, body)
+	}
+
+	// keys: bounded listing, with size and TTL.
+	type keysJSON struct {
+		Stores []struct {
+			Keys []struct {
+				Key   string  `json:"key"`
+				Bytes int64   `json:"bytes"`
+				TTL   float64 `json:"ttl_s"`
+			} `json:"keys"`
+			Truncated bool `json:"truncated"`
+		} `json:"stores"`
+	}
+	keys := func(q string) keysJSON {
+		t.Helper()
+		code, body := c.Admin("GET", "/redis_cache/keys?"+q, "")
+		var out keysJSON
+		if code != 200 || json.Unmarshal([]byte(body), &out) != nil || len(out.Stores) != 1 {
+			t.Fatalf("keys?%s: %d %s", q, code, body)
+		}
+		return out
+	}
+	k := keys("route=content&limit=10")
+	if got := k.Stores[0].Keys; len(got) != 2 || k.Stores[0].Truncated || got[0].Bytes <= 0 || got[0].TTL <= 0 ||
+		(got[0].Key != e.Key && got[1].Key != e.Key) {
+		t.Fatalf("keys of content: %+v, want 2 with size and TTL, one of them %s", k, e.Key)
+	}
+	if k := keys("route=content&limit=1"); len(k.Stores[0].Keys) != 1 || !k.Stores[0].Truncated {
+		t.Fatalf("keys with limit 1: %+v", k)
+	}
+	if code, body := c.Admin("GET", "/redis_cache/keys?route=ghost", ""); code != 400 {
+		t.Fatalf("keys of an unknown route: %d %s", code, body)
+	}
+
+	// The key found here is the one the admin key purge takes.
+	opAdminPurge(t, c, fmt.Sprintf(`{"key":%q}`, e.Key))
+	opExpect(t, c, "content a after its key purge", "/api/content/a", "MISS")
+
+	_, stats := c.Admin("GET", "/redis_cache/stats", "")
+	var st struct {
+		Stores []struct {
+			KeyCount int64 `json:"key_count"`
+			Commands struct {
+				Commands   int64   `json:"commands"`
+				PerRequest float64 `json:"commands_per_request"`
+			} `json:"redis_commands"`
+			Inflight map[string]int64 `json:"inflight_budget"`
+		} `json:"stores"`
+	}
+	if err := json.Unmarshal([]byte(stats), &st); err != nil || len(st.Stores) != 1 {
+		t.Fatalf("stats %s: %v", stats, err)
+	}
+	if s := st.Stores[0]; s.Commands.Commands == 0 || s.Commands.PerRequest <= 0 || s.Inflight["limit"] == 0 {
+		t.Fatalf("stats: %s", stats)
+	}
+	t.Logf("stats: key_count %d (estimate), %.1f commands per request", st.Stores[0].KeyCount, st.Stores[0].Commands.PerRequest)
 }

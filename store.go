@@ -89,6 +89,8 @@ type guardedStore struct {
 	stopRetry     context.CancelFunc
 	namespaces    *sync.Map // namespace -> generation TTL; shared with a Redis backend
 	probe         *healthProbe
+	commands      *commandCounter // Redis commands sent, since the store was created
+	requests      atomic.Int64    // requests through the cache, since the store was created
 }
 
 func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetrics) (*guardedStore, error) {
@@ -142,6 +144,7 @@ func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetr
 	})
 	metrics.setBreaker(backend.kind(), false)
 	g.probe = newHealthProbe(redisPing(backend), opts.timeout, logger)
+	g.commands = countCommands(backend)
 	return g, nil
 }
 
