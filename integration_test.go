@@ -1290,11 +1290,13 @@ func TestIntegrationCaddyfileExample(t *testing.T) {
 	resp, body = c.Get("/api/messages?platform=fansly", "X-User-Id: user-123")
 	integExpect(t, "messages on another platform", resp, body, 200, "MISS")
 
-	// campaigns invalidates dashboard and analytics.
+	// campaigns invalidates the writer's dashboard and analytics only.
 	resp, body = integDo(t, c, "POST", "/api/marketing/campaigns", "X-User-Id: user-123")
 	integExpect(t, "campaign POST", resp, body, 200, "SKIP")
 	resp, body = c.Get("/api/dashboard", "X-User-Id: user-123")
 	integExpect(t, "dashboard after campaign POST", resp, body, 200, "MISS")
+	resp, body = c.Get("/api/dashboard", "X-User-Id: user-456")
+	integExpect(t, "another user's dashboard after campaign POST", resp, body, 200, "HIT")
 
 	// The loaded config carries the seed's route table.
 	code, cfg := c.Admin("GET", "/config/", "")
@@ -1321,7 +1323,7 @@ func TestIntegrationCaddyfileExample(t *testing.T) {
 	wants := []routeWant{
 		{"dashboard", 5 * time.Minute, "", "X-User-Id"},
 		{"analytics", 10 * time.Minute, "", "X-User-Id"},
-		{"campaigns", 2 * time.Minute, "analytics,dashboard", "X-User-Id"},
+		{"campaigns", 2 * time.Minute, "tag:user:{http.request.header.X-User-Id}", "X-User-Id"},
 		{"messages", 30 * time.Second, "", "query.platform}"}, // {query.platform}, expanded by the adapter
 		{"content", 5 * time.Minute, "", ""},
 		{"fans", 5 * time.Minute, "", ""},

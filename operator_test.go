@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -501,4 +503,30 @@ func TestOperatorInspection(t *testing.T) {
 		t.Fatalf("stats: %s", stats)
 	}
 	t.Logf("stats: key_count %d (estimate), %.1f commands per request", st.Stores[0].KeyCount, st.Stores[0].Commands.PerRequest)
+}
+
+// The README shows Caddyfile.example as it is, and the example listens on
+// loopback only and names the secret in its runtime form. On the old code
+// the README's snippet differed from the file, and the example listened on
+// every interface.
+func TestOperatorReadmeExample(t *testing.T) {
+	t.Parallel()
+	example, err := os.ReadFile(filepath.Join(harnessModuleRoot(), "Caddyfile.example"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile(filepath.Join(harnessModuleRoot(), "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(readme), "```caddyfile\n"+string(example)+"```\n") {
+		t.Errorf("README.md does not show Caddyfile.example verbatim in a caddyfile block")
+	}
+	text := string(example)
+	if n := strings.Count(text, "\n\tbind 127.0.0.1"); n != 2 {
+		t.Errorf("Caddyfile.example binds %d sites to 127.0.0.1, want both", n)
+	}
+	if strings.Contains(text, "{$REDIS_TOKEN}") || !strings.Contains(text, "{env.REDIS_TOKEN}") {
+		t.Errorf("Caddyfile.example should name the token as {env.REDIS_TOKEN}")
+	}
 }
