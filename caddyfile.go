@@ -71,6 +71,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			cache_control <value>
 //			content_type <media-type...>
 //			heuristic <percent>|off
+//			refresh_ahead <duration>|off
 //			ignore_query <param-glob...>
 //			key_query <param...>
 //		}
@@ -353,6 +354,11 @@ func (rt *Route) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		rt.CacheControl, err = singleArg(d)
 	case "content_type":
 		rt.ContentTypes, err = listArg(d)
+	case "refresh_ahead":
+		var arg string
+		if arg, err = singleArg(d); err == nil {
+			rt.RefreshAhead, err = durationOrOff(d, name, arg)
+		}
 	case "ignore_query":
 		if rt.IgnoreQuery, err = listArg(d); err == nil {
 			if verr := validateQueryParams(rt.IgnoreQuery, nil); verr != nil {

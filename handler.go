@@ -187,6 +187,7 @@ func (cr *cacheRequest) serve(w http.ResponseWriter) error {
 	now := time.Now()
 	if e != nil {
 		if cr.reqCC.acceptsFresh(e, now) && !cr.softPurged(e) {
+			cr.maybeRefreshAhead(e, now)
 			return cr.serveEntry(w, e, resultHit, "hit; ttl="+ttlSeconds(e, now))
 		}
 		cr.stale = e

@@ -309,6 +309,15 @@ type Route struct {
 	// while one background request refreshes it.
 	StaleWhileRevalidate caddy.Duration `json:"stale_while_revalidate,omitempty"`
 
+	// RefreshAhead is the window before expiry in which a hit may start
+	// one background refresh of the entry, with a probability growing from
+	// 0 at the start of the window to 1 at expiry, so a hot entry is
+	// refreshed before it expires instead of turning into misses. Default:
+	// the last 10% of the entry's freshness, unless the route or the entry
+	// has stale-while-revalidate (which refreshes after expiry instead);
+	// -1 (Caddyfile: off) turns it off.
+	RefreshAhead caddy.Duration `json:"refresh_ahead,omitempty"`
+
 	// StaleIfError serves an entry this long past its freshness when the
 	// upstream fails or answers 500, 502, 503 or 504.
 	StaleIfError caddy.Duration `json:"stale_if_error,omitempty"`
@@ -605,6 +614,9 @@ func (rt *Route) validate() error {
 	}
 	if _, err := compilePathPattern(rt.Path); err != nil {
 		return fmt.Errorf("route %q: %v", rt.Name, err)
+	}
+	if rt.RefreshAhead < -1 {
+		return fmt.Errorf("route %q: refresh_ahead must be a positive duration, or -1 for off", rt.Name)
 	}
 	if rt.TTL < 0 || rt.StaleWhileRevalidate < 0 || rt.StaleIfError < 0 {
 		return fmt.Errorf("route %q: durations must not be negative", rt.Name)

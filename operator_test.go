@@ -530,3 +530,45 @@ func TestOperatorReadmeExample(t *testing.T) {
 		t.Errorf("Caddyfile.example should name the token as {env.REDIS_TOKEN}")
 	}
 }
+
+// A hot entry is refreshed in the background before it expires, so its
+// readers keep getting hits; with refresh_ahead off, it expires into a
+// miss. On the old code the option did not exist.
+func TestOperatorRefreshAhead(t *testing.T) {
+	t.Parallel()
+	r := startRedis(t)
+	u := newUpstream(t)
+	c := startCaddy(t, integSite(u, integRedis(r)+`
+		route hot /api/hot* 4s {
+			force_ttl
+			refresh_ahead 3s
+		}
+		route cold /api/cold* 4s {
+			force_ttl
+			refresh_ahead off
+		}`))
+	read := func(path string, d time.Duration) map[string]int {
+		counts := map[string]int{}
+		for start := time.Now(); time.Since(start) < d; time.Sleep(100 * time.Millisecond) {
+			resp, _ := c.Get(path)
+			counts[resp.Header.Get("X-Cache")]++
+		}
+		return counts
+	}
+	integMissThenHit(t, c, u, "/api/hot")
+	hot := read("/api/hot", 7*time.Second)
+	calls := u.Calls("GET", "/api/hot")
+	// Within the 3s window before each expiry some 30 hits each draw a
+	// refresh; one miss is allowed for a refresh that a starved machine
+	// could not finish in time.
+	if hot["MISS"] > 1 || calls < 2 {
+		t.Fatalf("hot entry over 7s: X-Cache %v, %d upstream calls; want hits refreshed ahead (at most 1 miss, at least 2 calls)", hot, calls)
+	}
+	t.Logf("hot entry over 7s: %v, %d upstream calls", hot, calls)
+
+	integMissThenHit(t, c, u, "/api/cold")
+	cold := read("/api/cold", 5*time.Second)
+	if cold["MISS"] == 0 {
+		t.Fatalf("entry with refresh_ahead off over 5s: %v, want it to expire into a miss", cold)
+	}
+}
