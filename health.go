@@ -103,6 +103,9 @@ func (p *healthProbe) status(ctx context.Context) (ok bool, checked time.Time, l
 
 // close stops the probe and waits for its goroutine.
 func (p *healthProbe) close() {
+	if p == nil {
+		return
+	}
 	if p.stop != nil {
 		p.stop()
 	}
