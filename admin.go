@@ -141,15 +141,16 @@ func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 		// estimate (KeyCountExact false) from DBSIZE and random samples.
 		KeyCount      int64 `json:"key_count"`
 		KeyCountExact bool  `json:"key_count_exact"`
-		// Commands counts Redis commands and requests since the store was
-		// created, and their ratio.
-		Commands  map[string]any `json:"redis_commands,omitempty"`
-		Inflight  map[string]any `json:"inflight_budget,omitempty"`
-		Info      map[string]any `json:"info"`
-		LatencyMS float64        `json:"latency_ms,omitempty"` // one INFO round trip
-		Routes    map[string]any `json:"routes"`
-		Local     map[string]any `json:"local_tier,omitempty"`
-		Copies    map[string]any `json:"validated_copies,omitempty"`
+		// Operations counts what the store layer sent to Redis (a command,
+		// a script, or a request's pipelined lookup each count once) and the
+		// requests served, since the store was created, and their ratio.
+		Operations map[string]any `json:"redis_operations,omitempty"`
+		Inflight   map[string]any `json:"inflight_budget,omitempty"`
+		Info       map[string]any `json:"info"`
+		LatencyMS  float64        `json:"latency_ms,omitempty"` // one INFO round trip
+		Routes     map[string]any `json:"routes"`
+		Local      map[string]any `json:"local_tier,omitempty"`
+		Copies     map[string]any `json:"validated_copies,omitempty"`
 		// PendingPurges counts generation purges waiting for the store.
 		PendingPurges int `json:"pending_purges"`
 	}
@@ -171,7 +172,7 @@ func (adminAPI) handleStats(w http.ResponseWriter, r *http.Request) error {
 			s.KeyCount, s.KeyCountExact, _ = h.keyCount(ctx)
 			cancel()
 		}
-		s.Commands = h.store.commandStats()
+		s.Operations = h.store.opStats()
 		s.Inflight = h.inflight.stats()
 		for _, rt := range h.Routes {
 			hits, misses, stale := rt.stats.hits.Load(), rt.stats.misses.Load(), rt.stats.stale.Load()

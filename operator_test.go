@@ -489,20 +489,20 @@ func TestOperatorInspection(t *testing.T) {
 	var st struct {
 		Stores []struct {
 			KeyCount int64 `json:"key_count"`
-			Commands struct {
-				Commands   int64   `json:"commands"`
-				PerRequest float64 `json:"commands_per_request"`
-			} `json:"redis_commands"`
+			Ops      struct {
+				Ops        int64   `json:"operations"`
+				PerRequest float64 `json:"operations_per_request"`
+			} `json:"redis_operations"`
 			Inflight map[string]int64 `json:"inflight_budget"`
 		} `json:"stores"`
 	}
 	if err := json.Unmarshal([]byte(stats), &st); err != nil || len(st.Stores) != 1 {
 		t.Fatalf("stats %s: %v", stats, err)
 	}
-	if s := st.Stores[0]; s.Commands.Commands == 0 || s.Commands.PerRequest <= 0 || s.Inflight["limit"] == 0 {
+	if s := st.Stores[0]; s.Ops.Ops == 0 || s.Ops.PerRequest <= 0 || s.Inflight["limit"] == 0 {
 		t.Fatalf("stats: %s", stats)
 	}
-	t.Logf("stats: key_count %d (estimate), %.1f commands per request", st.Stores[0].KeyCount, st.Stores[0].Commands.PerRequest)
+	t.Logf("stats: key_count %d (estimate), %.1f Redis operations per request", st.Stores[0].KeyCount, st.Stores[0].Ops.PerRequest)
 }
 
 // The README shows Caddyfile.example as it is, and the example listens on
@@ -570,5 +570,41 @@ func TestOperatorRefreshAhead(t *testing.T) {
 	cold := read("/api/cold", 5*time.Second)
 	if cold["MISS"] == 0 {
 		t.Fatalf("entry with refresh_ahead off over 5s: %v, want it to expire into a miss", cold)
+	}
+}
+
+// /redis_cache/keys scans every master of a Cluster, and the key count
+// estimate sums them.
+func TestOperatorKeysCluster(t *testing.T) {
+	t.Parallel()
+	rc := startCluster(t)
+	u := newUpstream(t)
+	c := startCaddy(t, integSite(u, fmt.Sprintf(`		redis %s
+		timeout 2s
+		route content /api/content* 5m`, strings.Join(rc.URLs(), " "))))
+	const n = 30
+	for i := range n {
+		integMissThenHit(t, c, u, fmt.Sprintf("/api/content/%d", i))
+	}
+	code, body := c.Admin("GET", "/redis_cache/keys?route=content&limit=1000", "")
+	var out struct {
+		Stores []struct {
+			Keys []struct {
+				Key string `json:"key"`
+			} `json:"keys"`
+		} `json:"stores"`
+	}
+	if code != 200 || json.Unmarshal([]byte(body), &out) != nil || len(out.Stores) != 1 {
+		t.Fatalf("keys: %d %s", code, body)
+	}
+	seen := map[string]bool{}
+	for _, k := range out.Stores[0].Keys {
+		seen[k.Key] = true
+	}
+	if len(seen) != n {
+		t.Fatalf("keys listed %d distinct entry keys over the Cluster, want %d: %s", len(seen), n, body)
+	}
+	if direct := rc.Keys("rcache:content:*"); len(direct) != n {
+		t.Fatalf("the Cluster holds %d entry keys, want %d", len(direct), n)
 	}
 }

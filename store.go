@@ -89,8 +89,8 @@ type guardedStore struct {
 	stopRetry     context.CancelFunc
 	namespaces    *sync.Map // namespace -> generation TTL; shared with a Redis backend
 	probe         *healthProbe
-	commands      *commandCounter // Redis commands sent, since the store was created
-	requests      atomic.Int64    // requests through the cache, since the store was created
+	ops           *opCounter   // operations sent to Redis, since the store was created
+	requests      atomic.Int64 // requests through the cache, since the store was created
 }
 
 func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetrics) (*guardedStore, error) {
@@ -144,7 +144,7 @@ func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetr
 	})
 	metrics.setBreaker(backend.kind(), false)
 	g.probe = newHealthProbe(redisPing(backend), opts.timeout, logger)
-	g.commands = countCommands(backend)
+	g.ops = countOps(backend)
 	return g, nil
 }
 
@@ -181,6 +181,7 @@ func (g *guardedStore) call(ctx context.Context, name string, op func(context.Co
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.timeout)
 	defer cancel()
+	g.countOp()
 	start := time.Now()
 	err := op(ctx)
 	g.metrics.observeStore(name, time.Since(start), err)

@@ -8,42 +8,23 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Store statistics for /redis_cache/stats: commands sent to Redis (hosted
-// Redis such as Upstash bills per command) and the number of entries per
-// namespace.
+// Store statistics for /redis_cache/stats: operations sent to Redis
+// (hosted Redis such as Upstash bills per command) and the number of entries
+// per namespace.
 
-// commandCounter is a go-redis hook counting every command sent, those in
-// pipelines and transactions included.
-type commandCounter struct{ n atomic.Int64 }
+// opCounter counts the operations the store layer sends to Redis: each is
+// one command, script or pipelined lookup (an entry with its generations)
+// of one request. A go-redis hook would count every command, but a client
+// with hooks takes slower paths in go-redis, which showed as timeouts.
+type opCounter struct{ n atomic.Int64 }
 
-func (c *commandCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
-
-func (c *commandCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		c.n.Add(1)
-		return next(ctx, cmd)
-	}
-}
-
-func (c *commandCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return func(ctx context.Context, cmds []redis.Cmder) error {
-		c.n.Add(int64(len(cmds)))
-		return next(ctx, cmds)
-	}
-}
-
-var _ redis.Hook = (*commandCounter)(nil)
-
-// countCommands installs a command counter on a Redis backend; it returns
-// nil for a store that sends no commands.
-func countCommands(backend store) *commandCounter {
-	rs, ok := backend.(*redisStore)
-	if !ok {
+// countOps returns an operation counter for a Redis backend, nil for a
+// store that sends nothing over the network.
+func countOps(backend store) *opCounter {
+	if _, ok := backend.(*redisStore); !ok {
 		return nil
 	}
-	c := new(commandCounter)
-	rs.client.AddHook(c)
-	return c
+	return new(opCounter)
 }
 
 // keyCountSamples is how many random keys estimate a namespace's share.
@@ -109,15 +90,22 @@ func (g *guardedStore) countRequest() {
 	}
 }
 
-// commandStats is the stats block on Redis commands.
-func (g *guardedStore) commandStats() map[string]any {
-	if g.commands == nil {
+// countOp counts one operation sent to the store.
+func (g *guardedStore) countOp() {
+	if g.ops != nil {
+		g.ops.n.Add(1)
+	}
+}
+
+// opStats is the stats block on Redis operations.
+func (g *guardedStore) opStats() map[string]any {
+	if g.ops == nil {
 		return nil
 	}
-	cmds, reqs := g.commands.n.Load(), g.requests.Load()
-	out := map[string]any{"commands": cmds, "requests": reqs}
+	ops, reqs := g.ops.n.Load(), g.requests.Load()
+	out := map[string]any{"operations": ops, "requests": reqs}
 	if reqs > 0 {
-		out["commands_per_request"] = float64(cmds) / float64(reqs)
+		out["operations_per_request"] = float64(ops) / float64(reqs)
 	}
 	return out
 }
