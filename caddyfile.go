@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/dustin/go-humanize"
+	"github.com/redis/go-redis/v9"
 )
 
 func init() {
@@ -45,7 +46,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_ttl <duration>
 //		status <codes...>
 //		purge_header <name>
-//		tags_header <name>
+//		tags_header <name...>
+//		purge_method <METHOD> {
+//			<request matchers...>
+//		}
 //		request_cache_control ignore|honor
 //		targeted_cache_control <field...>
 //		stale_if_unreachable <duration>|off
@@ -60,7 +64,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			key <template>
 //			key_optional <placeholder...>
 //			tags <template...>
-//			invalidates <route...>
+//			invalidates <route|tag:template...>
 //			vary <header...>
 //			purge route|uri
 //			stale_while_revalidate <duration>
@@ -68,6 +72,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			cache_control <value>
 //			content_type <media-type...>
 //			heuristic <percent>|off
+//			refresh_ahead <duration>|off
+//			ignore_query <param-glob...>
+//			key_query <param...>
 //		}
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -102,6 +109,12 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		for _, u := range h.Redis {
 			if !strings.HasPrefix(u, "redis://") && !strings.HasPrefix(u, "rediss://") && !strings.HasPrefix(u, "{") {
 				return d.Errf("redis %q: URL must start with redis:// or rediss://", redactURL(u))
+			}
+			if strings.Contains(u, "{") {
+				continue // placeholders are resolved at provision
+			}
+			if _, perr := redis.ParseURL(stripClusterParam(u)); perr != nil {
+				return d.Errf("%v", redisURLError(u, perr))
 			}
 		}
 	case "username":
@@ -193,8 +206,22 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		err = parseCompress(d, h)
 	case "purge_header":
 		h.PurgeHeader, err = singleArg(d)
+	case "purge_method":
+		h.PurgeMethod, err = unmarshalPurgeMethod(d)
 	case "tags_header":
-		h.TagsHeader, err = singleArg(d)
+		var names []string
+		if names, err = listArg(d); err == nil {
+			for _, n := range names {
+				if !isToken(n) {
+					return d.Errf("tags_header %q: not a header field name", n)
+				}
+			}
+			if len(names) == 1 {
+				h.TagsHeader = names[0]
+			} else {
+				h.TagsHeaders = names
+			}
+		}
 	case "route":
 		var rt *Route
 		if rt, err = unmarshalRoute(d); err == nil {
@@ -215,6 +242,9 @@ func (h *Handler) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 // that does not exist, rather than waiting for Validate at load time.
 func (h *Handler) checkRouteReferences(d *caddyfile.Dispenser) error {
 	if rt, target := unknownInvalidation(h.Routes); rt != nil {
+		if rt.invalidatesAt.Text != "" {
+			return errAtToken(rt.invalidatesAt, "route %q: invalidates unknown route %q", rt.Name, target)
+		}
 		return d.Errf("route %q: invalidates unknown route %q", rt.Name, target)
 	}
 	return nil
@@ -282,7 +312,14 @@ func (rt *Route) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 	case "tags":
 		rt.Tags, err = listArg(d)
 	case "invalidates":
-		rt.Invalidates, err = listArg(d)
+		rt.invalidatesAt = d.Token()
+		if rt.Invalidates, err = listArg(d); err == nil {
+			for _, item := range rt.Invalidates {
+				if itemErr := checkInvalidatesItem(item); itemErr != nil {
+					return d.Errf("route %q: %v", rt.Name, itemErr)
+				}
+			}
+		}
 	case "vary":
 		rt.Vary, err = listArg(d)
 		for i, v := range rt.Vary {
@@ -300,6 +337,23 @@ func (rt *Route) unmarshalSetting(d *caddyfile.Dispenser, name string) error {
 		rt.CacheControl, err = singleArg(d)
 	case "content_type":
 		rt.ContentTypes, err = listArg(d)
+	case "refresh_ahead":
+		var arg string
+		if arg, err = singleArg(d); err == nil {
+			rt.RefreshAhead, err = durationOrOff(d, name, arg)
+		}
+	case "ignore_query":
+		if rt.IgnoreQuery, err = listArg(d); err == nil {
+			if verr := validateQueryParams(rt.IgnoreQuery, nil); verr != nil {
+				return d.Errf("route %q: %v", rt.Name, verr)
+			}
+		}
+	case "key_query":
+		if rt.KeyQuery, err = listArg(d); err == nil {
+			if verr := validateQueryParams(nil, rt.KeyQuery); verr != nil {
+				return d.Errf("route %q: %v", rt.Name, verr)
+			}
+		}
 	case "heuristic":
 		var arg string
 		if arg, err = singleArg(d); err == nil {

@@ -28,6 +28,9 @@ const cacheStatusName = "redis_cache"
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.PurgeMethod != nil && r.Method == h.PurgeMethod.Method {
+		return h.servePurgeMethod(w, r)
+	}
 	normPath, canonical := normalizedPath(r)
 	rt := h.matchRoute(normPath)
 	if rt == nil {
@@ -49,6 +52,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if reason := h.uncacheableRequest(r, rt, canonical); reason != "" {
 		return h.bypass(w, r, next, rt, "bypass", reason)
 	}
+	rt.normalizeQuery(r)
 	ek := evaluatedKey{}
 	if rt.keyRepl {
 		ek = rt.evaluateKey(r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer), r.Header)
@@ -183,6 +187,7 @@ func (cr *cacheRequest) serve(w http.ResponseWriter) error {
 	now := time.Now()
 	if e != nil {
 		if cr.reqCC.acceptsFresh(e, now) && !cr.softPurged(e) {
+			cr.maybeRefreshAhead(e, now)
 			return cr.serveEntry(w, e, resultHit, "hit; ttl="+ttlSeconds(e, now))
 		}
 		cr.stale = e
@@ -662,6 +667,7 @@ func (cr *cacheRequest) countResult(xcache string) {
 func (h *Handler) count(rt *Route, xcache string) {
 	h.metrics.countRequest(rt.Name, xcache)
 	rt.stats.count(xcache)
+	h.store.countRequest()
 }
 
 // upstreamRequest is the request sent upstream on a miss: HEAD becomes

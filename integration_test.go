@@ -1008,7 +1008,8 @@ func integSum(m map[string]int) int {
 func TestIntegrationRedisOutage(t *testing.T) {
 	r := startRedis(t)
 	u := newUpstream(t)
-	c := startCaddyWith(t, caddyOptions{LogLevel: "DEBUG"}, integSite(u, fmt.Sprintf(`		redis %s
+	// INFO: the state changes are warnings; DEBUG would bury them.
+	c := startCaddy(t, integSite(u, fmt.Sprintf(`		redis %s
 		route content /api/content* 5m
 		route dash /api/dashboard* 5m {
 			key {http.request.header.X-User-Id}
@@ -1062,9 +1063,7 @@ func TestIntegrationRedisOutage(t *testing.T) {
 	if !c.WaitForLog("caching resumed", 5*time.Second) {
 		t.Fatalf("no %q warning after the pause", "caching resumed")
 	}
-	if a, b := integCount(c, "cache store unavailable"), integCount(c, "caching resumed"); a != 1 || b != 1 {
-		t.Fatalf("after pause: %d unavailable / %d resumed warnings, want 1 / 1", a, b)
-	}
+	integCheckStateChanges(t, c, "after pause", 1)
 
 	// Phase 2: Redis killed under load, then restarted under load.
 	stop = integLoad(c, 8, load)
@@ -1105,9 +1104,7 @@ func TestIntegrationRedisOutage(t *testing.T) {
 		t.Fatal("no caching resumed warning")
 	}
 	time.Sleep(200 * time.Millisecond)
-	if a, b := integCount(c, "cache store unavailable"), integCount(c, "caching resumed"); a != 2 || b != 2 {
-		t.Fatalf("after two outages: %d unavailable / %d resumed warnings over %d requests, want 2 / 2", a, b, len(samples))
-	}
+	integCheckStateChanges(t, c, fmt.Sprintf("after two outages (%d requests)", len(samples)), 2)
 	for _, line := range strings.Split(c.Logs(), "\n") {
 		if strings.Contains(line, "cache store unavailable") || strings.Contains(line, "caching resumed") {
 			if !strings.Contains(line, `"level":"warn"`) {
@@ -1115,6 +1112,42 @@ func TestIntegrationRedisOutage(t *testing.T) {
 			}
 		}
 	}
+}
+
+// integCheckStateChanges checks the breaker's warnings after outages
+// outages: what an operator reading the log sees. Each outage is reported
+// at least once and followed by a recovery, the last word is a recovery,
+// and the log is not flooded: on a starved machine a recovering Redis may
+// time out once more and flap, so up to twice as many pairs are allowed.
+// On failure it prints the lines it counted.
+func integCheckStateChanges(t *testing.T, c *caddyProc, label string, outages int) {
+	t.Helper()
+	var lines []string
+	var down, up int
+	var last string
+	count := func() bool {
+		lines, down, up, last = nil, 0, 0, ""
+		for _, line := range strings.Split(c.Logs(), "\n") {
+			switch {
+			case strings.Contains(line, "cache store unavailable"):
+				down++
+				last = "down"
+			case strings.Contains(line, "caching resumed"):
+				up++
+				last = "up"
+			default:
+				continue
+			}
+			lines = append(lines, line)
+		}
+		return down >= outages && down <= 2*outages && up == down && last == "up"
+	}
+	// The last warning may still be on its way through the log pipe.
+	if !harnessWaitUntil(5*time.Second, count) {
+		t.Fatalf("%s: %d unavailable / %d resumed warnings (last %q), want %d to %d of each, ending resumed; counted lines:\n%s",
+			label, down, up, last, outages, 2*outages, strings.Join(lines, "\n"))
+	}
+	t.Logf("%s: %d unavailable / %d resumed warnings", label, down, up)
 }
 
 // ---------------------------------------------------------------------------
@@ -1257,11 +1290,13 @@ func TestIntegrationCaddyfileExample(t *testing.T) {
 	resp, body = c.Get("/api/messages?platform=fansly", "X-User-Id: user-123")
 	integExpect(t, "messages on another platform", resp, body, 200, "MISS")
 
-	// campaigns invalidates dashboard and analytics.
+	// campaigns invalidates the writer's dashboard and analytics only.
 	resp, body = integDo(t, c, "POST", "/api/marketing/campaigns", "X-User-Id: user-123")
 	integExpect(t, "campaign POST", resp, body, 200, "SKIP")
 	resp, body = c.Get("/api/dashboard", "X-User-Id: user-123")
 	integExpect(t, "dashboard after campaign POST", resp, body, 200, "MISS")
+	resp, body = c.Get("/api/dashboard", "X-User-Id: user-456")
+	integExpect(t, "another user's dashboard after campaign POST", resp, body, 200, "HIT")
 
 	// The loaded config carries the seed's route table.
 	code, cfg := c.Admin("GET", "/config/", "")
@@ -1288,7 +1323,7 @@ func TestIntegrationCaddyfileExample(t *testing.T) {
 	wants := []routeWant{
 		{"dashboard", 5 * time.Minute, "", "X-User-Id"},
 		{"analytics", 10 * time.Minute, "", "X-User-Id"},
-		{"campaigns", 2 * time.Minute, "analytics,dashboard", "X-User-Id"},
+		{"campaigns", 2 * time.Minute, "tag:user:{http.request.header.X-User-Id}", "X-User-Id"},
 		{"messages", 30 * time.Second, "", "query.platform}"}, // {query.platform}, expanded by the adapter
 		{"content", 5 * time.Minute, "", ""},
 		{"fans", 5 * time.Minute, "", ""},

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 )
 
@@ -38,7 +39,6 @@ const (
 	defaultCoalesceWait    = 10 * time.Second
 	defaultFetchTimeout    = time.Minute
 	defaultPurgeHeader     = "X-Cache-Purge"
-	defaultTagsHeader      = "X-Cache-Tags"
 	maxKeyPartLength       = 96
 	// defaultStaleIfUnreachable matches revalidationWindow, how long the
 	// store keeps an entry with a validator past its freshness.
@@ -141,10 +141,19 @@ type Handler struct {
 	// before the response reaches the client. Default: X-Cache-Purge.
 	PurgeHeader string `json:"purge_header,omitempty"`
 
-	// TagsHeader is the response header through which the upstream adds
-	// tags to a stored entry. It is removed before the response reaches the
-	// client. Default: X-Cache-Tags.
+	// TagsHeader names one response field through which the upstream adds
+	// tags to a stored entry; kept for compatibility, it is used together
+	// with TagsHeaders. When neither is set, the tag fields are
+	// Surrogate-Key (tags separated by spaces), Cache-Tag and X-Cache-Tags
+	// (separated by commas). Every tag field is removed before the response
+	// reaches the client.
 	TagsHeader string `json:"tags_header,omitempty"`
+
+	// TagsHeaders lists the response fields through which the upstream
+	// tags its answers. A field named Surrogate-Key separates tags with
+	// spaces, any other with commas. Setting it (or TagsHeader) replaces
+	// the default set. Default: Surrogate-Key, Cache-Tag, X-Cache-Tags.
+	TagsHeaders []string `json:"tags_headers,omitempty"`
 
 	// CoalesceWait is the lifetime of the lock through which, with
 	// Coalesce, one Caddy fetches a cold key for all: its holder renews it
@@ -221,6 +230,12 @@ type Handler struct {
 	// for gzip. Default: 1 (the fastest of each; misses pay for it).
 	CompressLevel int `json:"compress_level,omitempty"`
 
+	// PurgeMethod, when set, answers requests with a purge method (PURGE)
+	// in the module: the target URI, or the tags a Surrogate-Key field
+	// names, are purged for the clients its matchers allow. Default: off,
+	// so such requests go to the upstream like any other mutation.
+	PurgeMethod *PurgeMethod `json:"purge_method,omitempty"`
+
 	// Routes are tried in order; the first whose path pattern matches the
 	// request handles it.
 	Routes []*Route `json:"routes,omitempty"`
@@ -242,6 +257,7 @@ type Handler struct {
 	strippedHeaders []string
 	inflight        *inflightBudget
 	compressor      *compressor // nil: compression off
+	tagHeaders      []string    // canonical names of the tag fields
 }
 
 // Route is one named set of cache rules for a path pattern.
@@ -288,7 +304,12 @@ type Route struct {
 	Tags []string `json:"tags,omitempty"`
 
 	// Invalidates names other routes that a successful mutation on this
-	// route invalidates as well.
+	// route invalidates as well. An item starting with "tag:" is instead a
+	// tag template, evaluated with the mutation's placeholders, e.g.
+	// "tag:user:{http.request.header.X-User-Id}": that one tag is purged
+	// (one write, whatever the number of entries), so a user's write
+	// invalidates only that user's entries of routes tagging them so. A tag
+	// template with an empty placeholder purges nothing.
 	Invalidates []string `json:"invalidates,omitempty"`
 
 	// Vary names request headers whose values are part of the key, in
@@ -304,6 +325,15 @@ type Route struct {
 	// StaleWhileRevalidate serves an entry this long past its freshness
 	// while one background request refreshes it.
 	StaleWhileRevalidate caddy.Duration `json:"stale_while_revalidate,omitempty"`
+
+	// RefreshAhead is the window before expiry in which a hit may start
+	// one background refresh of the entry, with a probability growing from
+	// 0 at the start of the window to 1 at expiry, so a hot entry is
+	// refreshed before it expires instead of turning into misses. Default:
+	// the last 10% of the entry's freshness, unless the route or the entry
+	// has stale-while-revalidate (which refreshes after expiry instead);
+	// -1 (Caddyfile: off) turns it off.
+	RefreshAhead caddy.Duration `json:"refresh_ahead,omitempty"`
 
 	// StaleIfError serves an entry this long past its freshness when the
 	// upstream fails or answers 500, 502, 503 or 504.
@@ -328,6 +358,21 @@ type Route struct {
 	// it. Default: 10; -1 turns heuristic freshness off.
 	Heuristic int `json:"heuristic,omitempty"`
 
+	// IgnoreQuery lists query parameter names or globs ("utm_*",
+	// "gclid", "fbclid") removed from cacheable requests of this route,
+	// from the key and from what the upstream receives alike, so tracking
+	// parameters do not split the cache. Risk: the origin never sees them
+	// on GET and HEAD requests of the route; do not list a parameter that
+	// changes the answer. Default: none.
+	IgnoreQuery []string `json:"ignore_query,omitempty"`
+
+	// KeyQuery, when set, is the allowlist of query parameters kept on
+	// cacheable requests of this route; every other parameter is removed
+	// from the key and from the upstream request alike. Risk: a parameter
+	// the origin needs but that is missing here is silently dropped.
+	// Default: every parameter is kept.
+	KeyQuery []string `json:"key_query,omitempty"`
+
 	matcher          pathMatcher
 	heuristicPercent int
 	keyRepl          bool
@@ -336,6 +381,8 @@ type Route struct {
 	purgeURI         bool
 	routeGen         string
 	invalGens        []string
+	invalTags        []string        // tag templates of Invalidates, without "tag:"
+	invalidatesAt    caddyfile.Token // the Caddyfile's invalidates line, for errors
 }
 
 // CaddyModule returns the Caddy module information.
@@ -355,11 +402,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.ctx = ctx
 	h.background = new(sync.WaitGroup)
 	h.logger = ctx.Logger()
+	installRedisLogger()
 	h.setDefaults()
+	h.compileTagHeaders()
 	if err := h.compileRoutes(); err != nil {
 		return err
 	}
 	h.purgeMethods = methodSet(h.PurgeOn)
+	if err := h.provisionPurgeMethod(ctx); err != nil {
+		return err
+	}
 	if len(h.PurgeStatus) > 0 {
 		h.purgeStatus = make(map[int]bool, len(h.PurgeStatus))
 		for _, code := range h.PurgeStatus {
@@ -436,9 +488,6 @@ func (h *Handler) setDefaults() {
 	if h.PurgeHeader == "" {
 		h.PurgeHeader = defaultPurgeHeader
 	}
-	if h.TagsHeader == "" {
-		h.TagsHeader = defaultTagsHeader
-	}
 	if h.Compress == "" {
 		h.Compress = defaultCompress
 	}
@@ -478,8 +527,12 @@ func (h *Handler) compileRoutes() error {
 		h.routeByName[rt.Name] = rt
 	}
 	for _, rt := range h.Routes {
-		rt.invalGens = rt.invalGens[:0]
+		rt.invalGens, rt.invalTags = rt.invalGens[:0], rt.invalTags[:0]
 		for _, name := range rt.Invalidates {
+			if tpl, ok := strings.CutPrefix(name, "tag:"); ok {
+				rt.invalTags = append(rt.invalTags, tpl)
+				continue
+			}
 			rt.invalGens = append(rt.invalGens, h.routeGenKey(name))
 		}
 	}
@@ -532,6 +585,11 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("purge_status %d: must be a 2xx or 3xx status (errors never purge)", code)
 		}
 	}
+	for _, name := range append([]string{h.TagsHeader}, h.TagsHeaders...) {
+		if name != "" && !isToken(name) {
+			return fmt.Errorf("tags_header %q: not a header field name", name)
+		}
+	}
 	for _, name := range h.TargetedCacheControl {
 		if !isToken(name) {
 			return fmt.Errorf("targeted_cache_control %q: not a header field name", name)
@@ -540,6 +598,11 @@ func (h *Handler) Validate() error {
 	for _, m := range h.PurgeOn {
 		if m == "" || strings.ToUpper(m) != m {
 			return fmt.Errorf("purge_on %q: methods are upper-case tokens such as POST", m)
+		}
+	}
+	if h.PurgeMethod != nil {
+		if err := h.PurgeMethod.validate(); err != nil {
+			return err
 		}
 	}
 	seen := make(map[string]bool, len(h.Routes))
@@ -567,6 +630,9 @@ func unknownInvalidation(routes []*Route) (*Route, string) {
 	}
 	for _, rt := range routes {
 		for _, target := range rt.Invalidates {
+			if strings.HasPrefix(target, "tag:") {
+				continue
+			}
 			if !names[target] {
 				return rt, target
 			}
@@ -581,6 +647,9 @@ func (rt *Route) validate() error {
 	}
 	if _, err := compilePathPattern(rt.Path); err != nil {
 		return fmt.Errorf("route %q: %v", rt.Name, err)
+	}
+	if rt.RefreshAhead < -1 {
+		return fmt.Errorf("route %q: refresh_ahead must be a positive duration, or -1 for off", rt.Name)
 	}
 	if rt.TTL < 0 || rt.StaleWhileRevalidate < 0 || rt.StaleIfError < 0 {
 		return fmt.Errorf("route %q: durations must not be negative", rt.Name)
@@ -602,6 +671,14 @@ func (rt *Route) validate() error {
 	for _, name := range rt.Vary {
 		if name == "" || strings.ContainsAny(name, " \t:,") {
 			return fmt.Errorf("route %q: vary %q: not a header name", rt.Name, name)
+		}
+	}
+	if err := validateQueryParams(rt.IgnoreQuery, rt.KeyQuery); err != nil {
+		return fmt.Errorf("route %q: %v", rt.Name, err)
+	}
+	for _, item := range rt.Invalidates {
+		if err := checkInvalidatesItem(item); err != nil {
+			return fmt.Errorf("route %q: %v", rt.Name, err)
 		}
 	}
 	return nil

@@ -3,7 +3,6 @@ package rediscache
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/url"
 	"runtime"
 	"strconv"
@@ -157,7 +156,7 @@ func universalOptions(opts storeOptions) (*redis.UniversalOptions, error) {
 	for i, raw := range opts.urls {
 		o, err := redis.ParseURL(stripClusterParam(raw))
 		if err != nil {
-			return nil, fmt.Errorf("redis %q: %v", redactURL(raw), err)
+			return nil, redisURLError(raw, err)
 		}
 		uo.Addrs = append(uo.Addrs, o.Addr)
 		if wantsCluster(raw) {

@@ -261,7 +261,7 @@ func (cw *captureWriter) result() *fetched {
 	hdr := cw.header.Clone()
 	res := &fetched{
 		storeTTL: cw.plan.storeTTL,
-		tags:     splitList(hdr.Values(h.TagsHeader)),
+		tags:     h.responseTags(hdr),
 		vary:     varyNames(hdr),
 	}
 	h.cleanForStore(hdr)
@@ -361,7 +361,7 @@ func isHopByHop(name string) bool {
 // the cache, so clients never see them.
 func (h *Handler) stripInternal(hdr http.Header) {
 	hdr.Del(h.PurgeHeader)
-	hdr.Del(h.TagsHeader)
+	h.stripTagHeaders(hdr)
 }
 
 func copyHeader(dst, src http.Header) {

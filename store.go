@@ -88,6 +88,9 @@ type guardedStore struct {
 	pendingLogged atomic.Bool
 	stopRetry     context.CancelFunc
 	namespaces    *sync.Map // namespace -> generation TTL; shared with a Redis backend
+	probe         *healthProbe
+	ops           *opCounter   // operations sent to Redis, since the store was created
+	requests      atomic.Int64 // requests through the cache, since the store was created
 }
 
 func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetrics) (*guardedStore, error) {
@@ -140,6 +143,8 @@ func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetr
 		}
 	})
 	metrics.setBreaker(backend.kind(), false)
+	g.probe = newHealthProbe(redisPing(backend), opts.timeout, logger)
+	g.ops = countOps(backend)
 	return g, nil
 }
 
@@ -152,6 +157,7 @@ func (g *guardedStore) serveNamespace(ns string, genTTL time.Duration) {
 // Destruct closes the backend when no config uses it any more.
 func (g *guardedStore) Destruct() error {
 	g.stopRetry()
+	g.probe.close()
 	if g.stopListen != nil {
 		g.stopListen()
 	}
@@ -175,6 +181,7 @@ func (g *guardedStore) call(ctx context.Context, name string, op func(context.Co
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.timeout)
 	defer cancel()
+	g.countOp()
 	start := time.Now()
 	err := op(ctx)
 	g.metrics.observeStore(name, time.Since(start), err)
