@@ -6,7 +6,9 @@
 # users POST to an unrelated route at 0, 1, 5 and 20 writes/s, then to
 # campaigns (which invalidates dashboards) at 1 and 5 writes/s. One row per
 # rate: hit ratios and upstream calls. Writes to unrelated routes must leave
-# the dashboard hit ratio where the no-write row has it.
+# the dashboard hit ratio where the no-write row has it. Then the same users
+# poll one hot key whose entries live 3 s, with refresh_ahead off and on:
+# requests that waited for the upstream, and upstream calls.
 #
 # Environment: USERS (default 20), RATES (default 0,1,5,20), KEEP_WORK=1.
 set -euo pipefail
@@ -43,6 +45,10 @@ http://127.0.0.1:$CADDY_PORT {
 			key_optional {query.platform}
 		}
 		route content /api/content* 5m
+		route hot_plain /api/hot/plain* 3s {
+			refresh_ahead off
+		}
+		route hot_ahead /api/hot/ahead* 3s
 	}
 	reverse_proxy 127.0.0.1:$ORIGIN_PORT
 }"

@@ -51,7 +51,7 @@ func (o *origin) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	prefix := r.URL.Path
-	for _, p := range []string{"/api/dashboard", "/api/messages"} {
+	for _, p := range []string{"/api/dashboard", "/api/messages", "/api/hot/ahead", "/api/hot/plain"} {
 		if strings.HasPrefix(prefix, p) {
 			prefix = p
 		}
@@ -221,6 +221,58 @@ func writemix(args []string) {
 		run++
 		writemixRow(o, *target, "campaigns (invalidates dash)", "/api/marketing/campaigns", rate, *users, *d, run)
 	}
+	fmt.Println()
+	fmt.Printf("| %-34s | %5s | %6s | %6s | %s |\n", "hot key, 3 s ttl", "hit", "up", "waited", "requests")
+	fmt.Println("|---|--:|--:|--:|--:|")
+	for _, path := range []string{"/api/hot/plain", "/api/hot/ahead"} {
+		expiryRow(o, *target, path, *users, 3*(*d)/2)
+	}
+}
+
+// expiryRow polls one shared hot key whose entries expire every few
+// seconds and counts the requests that waited for the upstream (over half
+// its delay): with refresh ahead, entries are renewed before they expire.
+func expiryRow(o *origin, target, path string, users int, d time.Duration) {
+	var t tally
+	var waited atomic.Int64
+	calls0 := o.counter(path).Load()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for u := range users {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				start := time.Now()
+				xc, ok := get(target+path, "user-"+strconv.Itoa(u))
+				if !ok {
+					t.failed.Add(1)
+					continue
+				}
+				if time.Since(start) > o.delay/2 {
+					waited.Add(1)
+				}
+				t.reads.Add(1)
+				if xc == "HIT" || xc == "STALE" {
+					t.hits.Add(1)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(d)
+	close(stop)
+	wg.Wait()
+	label := path + " (refresh_ahead off)"
+	if strings.HasSuffix(path, "ahead") {
+		label = path + " (refresh_ahead default)"
+	}
+	fmt.Printf("| %-34s | %5.3f | %6d | %6d | %d |\n", label, t.ratio(), o.counter(path).Load()-calls0, waited.Load(), t.reads.Load())
 }
 
 func burst(args []string) {
