@@ -563,6 +563,7 @@ func (cr *cacheRequest) fetchDirect(w http.ResponseWriter, fwd string, share **f
 	start := time.Now()
 	err := cr.next.ServeHTTP(cw, upReq)
 	h.metrics.observeUpstream(cr.route.Name, time.Since(start))
+	cr.route.observeFetch(time.Since(start))
 	mode := cw.finish()
 	if mode == modePassthrough {
 		cr.countResult(resultMiss)

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -330,7 +331,9 @@ type Route struct {
 	// one background refresh of the entry, with a probability growing from
 	// 0 at the start of the window to 1 at expiry, so a hot entry is
 	// refreshed before it expires instead of turning into misses. Default:
-	// the last 10% of the entry's freshness, unless the route or the entry
+	// the last 10% of the entry's freshness, or twice the route's recent
+	// upstream time when that is longer (at most half the freshness), so
+	// the refresh lands before expiry; unless the route or the entry
 	// has stale-while-revalidate (which refreshes after expiry instead);
 	// -1 (Caddyfile: off) turns it off.
 	RefreshAhead caddy.Duration `json:"refresh_ahead,omitempty"`
@@ -374,6 +377,7 @@ type Route struct {
 	KeyQuery []string `json:"key_query,omitempty"`
 
 	matcher          pathMatcher
+	fetchEWMA        atomic.Int64 // recent upstream time, ns; see observeFetch
 	heuristicPercent int
 	keyRepl          bool
 	keyParts         []keyTemplatePart

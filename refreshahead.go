@@ -12,7 +12,8 @@ import (
 // refreshed shortly before it expires and never turns into a burst of
 // misses, while a rarely read entry is seldom refreshed for nothing.
 
-// defaultRefreshShare is the default window, as a share of the freshness.
+// defaultRefreshShare is the default window, as a share of the freshness
+// (the window also covers twice the route's recent upstream time).
 const defaultRefreshShare = 10
 
 // refreshWindow is how long before expiry an entry may be refreshed ahead,
@@ -26,8 +27,24 @@ func (rt *Route) refreshWindow(e *entry) time.Duration {
 	case rt.StaleWhileRevalidate > 0 || e.swr > 0:
 		return 0 // stale-while-revalidate already refreshes in the background
 	}
-	return e.freshFor / defaultRefreshShare
+	// Early enough for the upstream to answer before the entry expires:
+	// a share of the freshness, but at least twice the route's recent
+	// upstream time, and never more than half the freshness.
+	return min(max(e.freshFor/defaultRefreshShare, 2*rt.fetchTime()), e.freshFor/2)
 }
+
+// observeFetch folds one upstream fetch time into the route's moving
+// average (weight 1/8), which sizes the default refresh window.
+func (rt *Route) observeFetch(d time.Duration) {
+	old := rt.fetchEWMA.Load()
+	if old == 0 {
+		rt.fetchEWMA.Store(int64(d))
+		return
+	}
+	rt.fetchEWMA.Store(old + (int64(d)-old)/8)
+}
+
+func (rt *Route) fetchTime() time.Duration { return time.Duration(rt.fetchEWMA.Load()) }
 
 // maybeRefreshAhead starts a background refresh of a fresh entry served as
 // a hit, when the draw says so.
