@@ -103,19 +103,16 @@ const purgeMemoryLimit = 1000
 // elapsed, the time since the lookup on this Caddy's clock (the store
 // subtracts it from its own clock when the write runs, which is only ever
 // later than the lookup, by however long the write waited to be sent), and
-// wall, the lookup's time on this Caddy's wall clock (exact when the clocks
-// agree, as NTP keeps them, and never later than the first when this
-// Caddy's clock is behind). The margins cover clocks running at slightly
-// different rates (NTP slews by at most 500 ppm) and no more, so that a
-// request made just after a purge returned can still be stored.
+// wall, the lookup's time on this Caddy's wall clock (exact when the
+// clocks agree: on one host they are one clock, across hosts NTP keeps
+// them within milliseconds, and a Caddy clock running ahead falls back to
+// the first). No margin is added to wall: a request made just after a
+// purge returned must still be stored. The margin on elapsed covers clocks
+// running at slightly different rates (NTP slews by at most 500 ppm).
 func purgeWindow(lookupAt time.Time) (elapsed time.Duration, wall int64) {
 	e := time.Since(lookupAt)
-	return e + time.Millisecond + e/2000, lookupAt.Add(-clockMargin).UnixMicro()
+	return e + time.Millisecond + e/2000, lookupAt.UnixMicro()
 }
-
-// clockMargin allows for this Caddy's wall clock running slightly ahead of
-// the store's.
-const clockMargin = 2 * time.Millisecond
 
 // globToLuaPattern turns a Redis glob into an anchored Lua pattern, so that
 // a guarded write can tell inside Redis whether a recent pattern purge
