@@ -112,6 +112,7 @@ func pgAdminPurge(t *testing.T, c *caddyProc, body string) {
 // next GET is a HIT with the same body.
 func pgInFlight(t *testing.T, c *caddyProc, path string, act func(), headers ...string) bool {
 	t.Helper()
+	writes := pgWriteOutcomes(t, c)
 	wait := pgGetAsync(t, c, path, headers...)
 	time.Sleep(300 * time.Millisecond)
 	act()
@@ -119,13 +120,37 @@ func pgInFlight(t *testing.T, c *caddyProc, path string, act func(), headers ...
 	if first.Header.Get("X-Cache") != "MISS" {
 		t.Fatalf("GET %s: X-Cache %q, want MISS", path, first.Header.Get("X-Cache"))
 	}
-	// The store write follows the answer; give it a moment.
-	time.Sleep(200 * time.Millisecond)
+	// The store write follows the answer: wait until it was done or
+	// refused, however busy the machine.
+	if !harnessWaitUntil(10*time.Second, func() bool { return pgWriteOutcomes(t, c) > writes }) {
+		t.Fatalf("GET %s: its store write never completed", path)
+	}
 	again, body2, err := c.GetE(path, headers...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return again.Header.Get("X-Cache") == "HIT" && body2 == body
+}
+
+// pgWriteOutcomes counts finished store writes, stored or refused, from
+// the metrics (stored bytes only ever grow by whole entries).
+func pgWriteOutcomes(t *testing.T, c *caddyProc) float64 {
+	t.Helper()
+	_, body := c.Admin(http.MethodGet, "/metrics", "")
+	n := 0.0
+	for _, line := range strings.Split(body, "\n") {
+		switch {
+		case strings.HasPrefix(line, "caddy_redis_cache_store_duration_seconds_count{op=\"set\"}"):
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			n += v
+		case strings.HasPrefix(line, "caddy_redis_cache_unstored_total{"):
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			n += v
+		}
+	}
+	return n
 }
 
 // Finding 1: a write anywhere used to stop every in-flight miss from being
@@ -560,7 +585,8 @@ func TestPurgeConcurrentFirstStores(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	time.Sleep(200 * time.Millisecond) // the writes follow the answers
+	// The writes follow the answers: wait for all of them to land.
+	harnessWaitUntil(10*time.Second, func() bool { return len(e.r.Keys("pgcf:dashboard:*")) >= users })
 	misses := 0
 	for i := range users {
 		resp, _ := e.get(t, "/api/dashboard?sleep=300", "X-User-Id: u"+strconv.Itoa(i))
