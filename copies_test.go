@@ -174,12 +174,7 @@ func TestStoreTailCheck(t *testing.T) {
 // value at a generation key is overwritten, not an error.
 func TestStoreGuardedSet(t *testing.T) {
 	t.Parallel()
-	r := startRedis(t)
-	s, err := newRedisStore(storeOptions{urls: []string{r.URL()}, timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.close()
+	r, s := startRedisStore(t)
 	ctx := context.Background()
 	const gen = "t:_g:r:x"
 	guard := func(val string) storeGuard {
@@ -245,12 +240,7 @@ func TestStoreGuardedSet(t *testing.T) {
 // clock at run time, which the wait moved past the purge.
 func TestStoreGuardSeesPurgesAfterLookupDespiteDelay(t *testing.T) {
 	t.Parallel()
-	r := startRedis(t)
-	s, err := newRedisStore(storeOptions{urls: []string{r.URL()}, timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.close()
+	r, s := startRedisStore(t)
 	ctx := context.Background()
 	lookupAt := time.Now()
 	time.Sleep(20 * time.Millisecond)
@@ -270,4 +260,17 @@ func TestStoreGuardSeesPurgesAfterLookupDespiteDelay(t *testing.T) {
 	if out, _ := m.setIf(ctx, "t:r:user-1:abc", []byte("v"), time.Minute, g); out != outcomePatternPurged {
 		t.Fatalf("embedded store: outcome %v, want pattern-purged", out)
 	}
+}
+
+// startRedisStore starts a redis-server and a store on it, closed with the
+// test.
+func startRedisStore(t *testing.T) (*redisServer, *redisStore) {
+	t.Helper()
+	r := startRedis(t)
+	s, err := newRedisStore(storeOptions{urls: []string{r.URL()}, timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.close() })
+	return r, s
 }

@@ -3,6 +3,7 @@ package rediscache
 import (
 	"context"
 	"net/http"
+	"slices"
 	"strconv"
 	"time"
 )
@@ -129,7 +130,7 @@ func (cr *cacheRequest) storeGuard(ctx context.Context, tags []string) (storeGua
 	}
 	var late []string
 	for _, t := range tags {
-		if k := h.tagGenKey(t); !containsString(cr.gens, k) && !containsString(late, k) {
+		if k := h.tagGenKey(t); !slices.Contains(cr.gens, k) && !slices.Contains(late, k) {
 			late = append(late, k)
 		}
 	}
@@ -166,15 +167,6 @@ func orBirth(gen string) string {
 		return newBirthGen()
 	}
 	return gen
-}
-
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // varyIndex returns the key of the answer's Vary variant, writing a new

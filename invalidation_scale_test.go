@@ -348,15 +348,8 @@ func scaleWarm(t *testing.T, insts []*caddyProc, targets []scaleTarget) {
 // only, and tests keep Caddy's logs at INFO.
 func scaleNoStoreErrors(t *testing.T, label string, c *caddyProc) {
 	t.Helper()
-	if n := resMetric(t, c, "caddy_redis_cache_store_errors_total"); n != 0 {
-		_, body := c.Admin(http.MethodGet, "/metrics", "")
-		var lines []string
-		for _, l := range strings.Split(body, "\n") {
-			if strings.HasPrefix(l, "caddy_redis_cache_store_errors_total") {
-				lines = append(lines, l)
-			}
-		}
-		t.Errorf("%s: %v store operations failed:\n%s", label, n, strings.Join(lines, "\n"))
+	if lines := metricLines(t, c, "caddy_redis_cache_store_errors_total"); sumSamples(t, lines) != 0 {
+		t.Errorf("%s: store operations failed:\n%s", label, strings.Join(lines, "\n"))
 	}
 }
 

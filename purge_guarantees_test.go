@@ -133,24 +133,11 @@ func pgInFlight(t *testing.T, c *caddyProc, path string, act func(), headers ...
 }
 
 // pgWriteOutcomes counts finished store writes, stored or refused, from
-// the metrics (stored bytes only ever grow by whole entries).
+// the metrics.
 func pgWriteOutcomes(t *testing.T, c *caddyProc) float64 {
 	t.Helper()
-	_, body := c.Admin(http.MethodGet, "/metrics", "")
-	n := 0.0
-	for _, line := range strings.Split(body, "\n") {
-		switch {
-		case strings.HasPrefix(line, "caddy_redis_cache_store_duration_seconds_count{op=\"set\"}"):
-			f := strings.Fields(line)
-			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-			n += v
-		case strings.HasPrefix(line, "caddy_redis_cache_unstored_total{"):
-			f := strings.Fields(line)
-			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-			n += v
-		}
-	}
-	return n
+	return sumSamples(t, metricLines(t, c, `caddy_redis_cache_store_duration_seconds_count{op="set"}`)) +
+		sumSamples(t, metricLines(t, c, "caddy_redis_cache_unstored_total{"))
 }
 
 // Finding 1: a write anywhere used to stop every in-flight miss from being
@@ -596,19 +583,6 @@ func TestPurgeConcurrentFirstStores(t *testing.T) {
 		}
 	}
 	if misses > 0 {
-		t.Fatalf("%d of %d users missed again after their first answer was stored:\n%s", misses, users, pgMetricLines(t, e.c, "caddy_redis_cache_unstored_total"))
+		t.Fatalf("%d of %d users missed again after their first answer was stored:\n%s", misses, users, strings.Join(metricLines(t, e.c, "caddy_redis_cache_unstored_total"), "\n"))
 	}
-}
-
-// pgMetricLines returns the samples of a metric family, for failure messages.
-func pgMetricLines(t *testing.T, c *caddyProc, name string) string {
-	t.Helper()
-	_, body := c.Admin(http.MethodGet, "/metrics", "")
-	var out []string
-	for _, line := range strings.Split(body, "\n") {
-		if strings.HasPrefix(line, name) {
-			out = append(out, line)
-		}
-	}
-	return strings.Join(out, "\n")
 }

@@ -2,6 +2,8 @@ package rediscache
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -184,19 +186,6 @@ func (g *guardedStore) applyPending(ctx context.Context) error {
 		}
 	}
 	g.pending.applied(seqs)
-	g.notify(ctx, "g "+joinFields(hard, soft))
+	g.notify(ctx, "g "+strings.Join(slices.Concat(hard, soft), " "))
 	return nil
-}
-
-func joinFields(lists ...[]string) string {
-	var out []byte
-	for _, l := range lists {
-		for _, s := range l {
-			if len(out) > 0 {
-				out = append(out, ' ')
-			}
-			out = append(out, s...)
-		}
-	}
-	return string(out)
 }

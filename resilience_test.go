@@ -257,25 +257,29 @@ func resWaitCaching(t *testing.T, c *caddyProc, label, prefix string, timeout ti
 	return 0
 }
 
-// resMetric sums every sample of the metric family name (a counter, or a
-// histogram's _count) from Caddy's admin /metrics; 0 when there is none
-// yet (a labelled counter appears with its first increment).
-func resMetric(t *testing.T, c *caddyProc, name string) float64 {
+// metricLines returns the samples on Caddy's admin /metrics whose line
+// starts with prefix (a family name, or a name and labels), for sums and
+// for failure messages.
+func metricLines(t *testing.T, c *caddyProc, prefix string) []string {
 	t.Helper()
 	code, body := c.Admin("GET", "/metrics", "")
 	if code != 200 {
 		t.Fatalf("admin /metrics: %d %s", code, resShort(body, 300))
 	}
-	sum := 0.0
+	var out []string
 	for _, line := range strings.Split(body, "\n") {
-		if strings.HasPrefix(line, "#") {
-			continue
+		if strings.HasPrefix(line, prefix) {
+			out = append(out, line)
 		}
-		metric, _, _ := strings.Cut(line, " ")
-		metric, _, _ = strings.Cut(metric, "{")
-		if metric != name {
-			continue
-		}
+	}
+	return out
+}
+
+// sumSamples adds up the values of metric sample lines.
+func sumSamples(t *testing.T, lines []string) float64 {
+	t.Helper()
+	sum := 0.0
+	for _, line := range lines {
 		f := strings.Fields(line)
 		v, err := strconv.ParseFloat(f[len(f)-1], 64)
 		if err != nil {
@@ -284,6 +288,22 @@ func resMetric(t *testing.T, c *caddyProc, name string) float64 {
 		sum += v
 	}
 	return sum
+}
+
+// resMetric sums every sample of the metric family name (a counter, or a
+// histogram's _count) from Caddy's admin /metrics; 0 when there is none
+// yet (a labelled counter appears with its first increment).
+func resMetric(t *testing.T, c *caddyProc, name string) float64 {
+	t.Helper()
+	var family []string
+	for _, line := range metricLines(t, c, name) {
+		metric, _, _ := strings.Cut(line, " ")
+		metric, _, _ = strings.Cut(metric, "{")
+		if metric == name {
+			family = append(family, line)
+		}
+	}
+	return sumSamples(t, family)
 }
 
 // resVmHWM reads a process's peak resident set size in KiB.

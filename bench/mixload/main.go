@@ -130,6 +130,27 @@ func (t *tally) ratio() float64 {
 	return 0
 }
 
+// pollUntil GETs url as user until stop closes, 50 ms apart, counting reads
+// and failures in t and handing each answer's X-Cache and duration to seen.
+func pollUntil(stop <-chan struct{}, url, user string, seen func(xcache string, took time.Duration), t *tally) {
+	for {
+		select {
+		case <-stop:
+			return
+		default:
+		}
+		start := time.Now()
+		xc, ok := get(url, user)
+		if !ok {
+			t.failed.Add(1)
+			continue
+		}
+		t.reads.Add(1)
+		seen(xc, time.Since(start))
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // writemixRow runs readers and writers for d and prints one row.
 func writemixRow(o *origin, target, label, writePath string, rate, users int, d time.Duration, run int) {
 	var dash, msgs tally
@@ -139,23 +160,11 @@ func writemixRow(o *origin, target, label, writePath string, rate, users int, d 
 	var wg sync.WaitGroup
 	poll := func(t *tally, url, user string) {
 		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			xc, ok := get(url, user)
-			if !ok {
-				t.failed.Add(1)
-				continue
-			}
-			t.reads.Add(1)
+		pollUntil(stop, url, user, func(xc string, _ time.Duration) {
 			if xc == "HIT" {
 				t.hits.Add(1)
 			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		}, t)
 	}
 	for u := range users {
 		user := "user-" + strconv.Itoa(u)
@@ -242,27 +251,14 @@ func expiryRow(o *origin, target, path string, users int, d time.Duration) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				start := time.Now()
-				xc, ok := get(target+path, "user-"+strconv.Itoa(u))
-				if !ok {
-					t.failed.Add(1)
-					continue
-				}
-				if time.Since(start) > o.delay/2 {
+			pollUntil(stop, target+path, "user-"+strconv.Itoa(u), func(xc string, took time.Duration) {
+				if took > o.delay/2 {
 					waited.Add(1)
 				}
-				t.reads.Add(1)
 				if xc == "HIT" || xc == "STALE" {
 					t.hits.Add(1)
 				}
-				time.Sleep(50 * time.Millisecond)
-			}
+			}, &t)
 		}()
 	}
 	time.Sleep(d)
