@@ -243,7 +243,12 @@ func decodedLength(coding byte, body []byte, limit int64) (int64, error) {
 
 // writeDecoded writes n decoded bytes of body, starting skip bytes in, to
 // w. The decoded body is streamed, never held whole. whole is the decoded
-// length, when known to be right (the entry was checked), else -1.
+// length the entry claims. The frame is decoded to its end, and the last
+// byte of the span is written only once the frame has decoded without an
+// error (checksums included) to exactly whole bytes: a client never gets
+// all the bytes it was promised from a frame that turns out bad. It
+// returns errCodedBody for such a frame, and a clientWriteError when w
+// fails.
 func writeDecoded(w io.Writer, coding byte, body []byte, skip, n, whole int64) error {
 	r, release, err := decodedReader(coding, body)
 	if err != nil {
@@ -252,18 +257,70 @@ func writeDecoded(w io.Writer, coding byte, body []byte, skip, n, whole int64) e
 	defer release()
 	if skip > 0 {
 		if _, err := io.CopyN(io.Discard, r, skip); err != nil {
-			return err
+			return errCodedBody
 		}
 	}
-	if wt, ok := r.(io.WriterTo); ok && skip+n == whole {
-		// The whole rest of a body checked to decode to this length: the
-		// decoder writes it in its own blocks.
-		_, err = wt.WriteTo(w)
-		return err
+	sw := &spanWriter{w: w, left: n}
+	if wt, ok := r.(io.WriterTo); ok {
+		_, err = wt.WriteTo(sw)
+	} else {
+		_, err = io.Copy(sw, r)
 	}
-	_, err = io.CopyN(w, r, n)
-	return err
+	switch {
+	case sw.err != nil:
+		return clientWriteError{sw.err}
+	case err != nil || sw.held != (n > 0) || skip+n+sw.beyond != whole:
+		return errCodedBody
+	}
+	if sw.held {
+		if _, err := w.Write([]byte{sw.last}); err != nil {
+			return clientWriteError{err}
+		}
+	}
+	return nil
 }
+
+// spanWriter passes on the first left bytes written to it but the last,
+// which it holds, and counts the bytes beyond them.
+type spanWriter struct {
+	w      io.Writer
+	left   int64
+	last   byte
+	held   bool
+	beyond int64
+	err    error
+}
+
+func (sw *spanWriter) Write(p []byte) (int, error) {
+	if sw.left == 0 {
+		sw.beyond += int64(len(p))
+		return len(p), nil
+	}
+	span := p
+	if int64(len(span)) >= sw.left {
+		span = p[:sw.left]
+		sw.beyond += int64(len(p) - len(span))
+		sw.last, sw.held = span[len(span)-1], true
+		span = span[:len(span)-1]
+	}
+	if len(span) > 0 {
+		if _, err := sw.w.Write(span); err != nil {
+			sw.err = err
+			return 0, err
+		}
+	}
+	sw.left -= int64(len(span))
+	if sw.held {
+		sw.left = 0
+	}
+	return len(p), nil
+}
+
+// clientWriteError is a failed write to the client: it went away.
+type clientWriteError struct{ err error }
+
+func (e clientWriteError) Error() string { return "writing to the client: " + e.err.Error() }
+func (e clientWriteError) Unwrap() error { return e.err }
 
 // parseCompress reads "compress zstd|gzip|off [<level>]".
 func parseCompress(d *caddyfile.Dispenser, h *Handler) error {

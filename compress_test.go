@@ -102,7 +102,7 @@ func TestCompressEntryRoundTrip(t *testing.T) {
 			t.Fatalf("%s: coding %d len %d", codec, out.coding, out.identityLen)
 		}
 		var got bytes.Buffer
-		if err := writeDecoded(&got, out.coding, out.body, 100, 200, -1); err != nil || !bytes.Equal(got.Bytes(), body[100:300]) {
+		if err := writeDecoded(&got, out.coding, out.body, 100, 200, out.identityLen); err != nil || !bytes.Equal(got.Bytes(), body[100:300]) {
 			t.Fatalf("%s: decoded range differs (%v)", codec, err)
 		}
 		// Small, binary or no-transform bodies stay as they are.
@@ -403,7 +403,7 @@ func TestCompressOldFormatEntry(t *testing.T) {
 		t.Fatalf("no coded entry stored (%v)", cur)
 	}
 	var plain bytes.Buffer
-	if err := writeDecoded(&plain, cur.coding, cur.body, 0, cur.identityLen, -1); err != nil {
+	if err := writeDecoded(&plain, cur.coding, cur.body, 0, cur.identityLen, cur.identityLen); err != nil {
 		t.Fatal(err)
 	}
 	old := *cur
@@ -556,5 +556,172 @@ func TestCompressUpstreamCodings(t *testing.T) {
 		if coded && res.entry.identityLen != int64(len(body)) {
 			t.Errorf("Content-Encoding %q: identity length %d", c.ce, res.entry.identityLen)
 		}
+	}
+}
+
+// TestCompressCorruptFrameNeverServedWhole: serving does not decode a
+// stored frame before it starts (its checksum held), so a frame that fails
+// anyway is found mid-body. The client must never get, as a whole answer,
+// bytes that are not the origin's, for a whole body or a range: the
+// connection is cut (a client that had read nothing yet may retry, and
+// then gets a fresh miss). The URI's entries are purged, and the next
+// request is a miss with the right body.
+func TestCompressCorruptFrameNeverServedWhole(t *testing.T) {
+	body := compressJSON(256 << 10)
+	for _, codec := range []string{"gzip", "zstd"} {
+		t.Run(codec, func(t *testing.T) {
+			ns := "cmpbad" + codec
+			e := compressEnv(t, ns, "\t\tvalidated_copies off\n\t\tcompress "+codec, body)
+			e.get(t, "/api/doc")
+			var written []byte // the corrupt value last put in Redis
+			for _, c := range []struct{ rangeHdr, want string }{
+				{"", string(body)},
+				// A range that ends after the wrong byte but before the
+				// checksum: the decoder has handed out the whole span by
+				// the time it knows.
+				{"Range: bytes=0-" + strconv.Itoa(len(body)-5), string(body[:len(body)-4])},
+			} {
+				ctx := context.Background()
+				// The miss's store write follows its answer: wait for it.
+				var key string
+				var cur *entry
+				deadline := time.Now().Add(5 * time.Second)
+				for cur == nil && time.Now().Before(deadline) {
+					for _, k := range e.r.Keys(ns + "*") {
+						raw, err := e.r.Client().Get(ctx, k).Bytes()
+						if err != nil || bytes.Equal(raw, written) {
+							continue
+						}
+						if d, err := decodeEntry(raw); err == nil && d.kind == kindResponse && d.coding != codingIdentity {
+							key, cur = k, d
+						}
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				if cur == nil {
+					t.Fatalf("no new coded entry stored (keys %v)", e.r.Keys(ns+"*"))
+				}
+				bad := *cur
+				bad.body = corruptedFrame(t, codec, body)
+				written = bad.encode()
+				if err := e.r.Client().Set(ctx, key, written, time.Minute).Err(); err != nil {
+					t.Fatal(err)
+				}
+				var hdrs []string
+				if c.rangeHdr != "" {
+					hdrs = append(hdrs, c.rangeHdr)
+				}
+				req, err := e.c.NewRequest(http.MethodGet, "/api/doc", nil, hdrs...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp, got, err := e.c.DoE(req)
+				if err == nil && (got != c.want || resp.Header.Get("X-Cache") == "HIT") {
+					t.Fatalf("%q: a corrupt frame was served as a whole answer: status %d, %d bytes, X-Cache %q",
+						c.rangeHdr, resp.StatusCode, len(got), resp.Header.Get("X-Cache"))
+				}
+				if !e.c.WaitForLog("stored coded body failed to decode", 5*time.Second) {
+					t.Fatalf("%q: no error logged", c.rangeHdr)
+				}
+				resp, got = e.get(t, "/api/doc")
+				if xc := resp.Header.Get("X-Cache"); (xc != "MISS" && xc != "HIT") || got != string(body) {
+					t.Fatalf("%q: after the corrupt frame: X-Cache %q, body intact %v", c.rangeHdr, resp.Header.Get("X-Cache"), got == string(body))
+				}
+			}
+		})
+	}
+}
+
+// corruptedFrame returns a frame of the codec that decodes, at full
+// length, to bytes other than want, and whose checksum (gzip's CRC-32,
+// zstd's content checksum) is want's: the decoder finds out only at the
+// very end. That is the case where streaming must not have sent every
+// byte before it knows.
+func corruptedFrame(t *testing.T, codec string, want []byte) []byte {
+	t.Helper()
+	c, err := newCompressor(codec, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrong := bytes.Clone(want)
+	wrong[len(wrong)-10] ^= 0x01
+	frame, right := c.compress(nil, wrong), c.compress(nil, want)
+	sum := 4 // zstd: the content checksum ends the frame
+	if codec == "gzip" {
+		sum = 8 // CRC-32, then the length
+	}
+	copy(frame[len(frame)-sum:len(frame)-sum+4], right[len(right)-sum:])
+	r, release, err := decodedReader(c.coding, frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if _, err := io.ReadAll(r); err == nil {
+		t.Fatalf("%s: the doctored frame decodes without an error", codec)
+	}
+	return frame
+}
+
+// TestCompressDecodedCopy: the first identity client of a held coded
+// entry leaves its decoded body with the validated copy; later identity
+// clients (whole bodies and ranges) get those bytes, and once Redis holds
+// another value under the key, they get the new value's bytes, never the
+// old decoded ones.
+func TestCompressDecodedCopy(t *testing.T) {
+	body := compressJSON(64 << 10)
+	ns := "cmpdec"
+	e := compressEnv(t, ns, "", body)
+	ctx := context.Background()
+	e.get(t, "/api/doc", "Accept-Encoding: gzip")
+	var key string
+	var cur *entry
+	for deadline := time.Now().Add(5 * time.Second); cur == nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, k := range e.r.Keys(ns + ":api:*") {
+			if raw, err := e.r.Client().Get(ctx, k).Bytes(); err == nil {
+				if d, err := decodeEntry(raw); err == nil && d.kind == kindResponse && d.coding == codingGzip {
+					key, cur = k, d
+				}
+			}
+		}
+	}
+	if cur == nil {
+		t.Fatalf("no gzip entry stored (keys %v)", e.r.Keys(ns+"*"))
+	}
+	for i := range 3 {
+		resp, got := e.get(t, "/api/doc")
+		if resp.Header.Get("X-Cache") != "HIT" || got != string(body) || resp.Header.Get("Content-Encoding") != "" {
+			t.Fatalf("identity hit %d: X-Cache %q, Content-Encoding %q, body intact %v", i, resp.Header.Get("X-Cache"), resp.Header.Get("Content-Encoding"), got == string(body))
+		}
+	}
+	if resp, got := e.get(t, "/api/doc", "Range: bytes=100-199"); resp.StatusCode != 206 || got != string(body[100:200]) {
+		t.Fatalf("range of the decoded copy: %d %q", resp.StatusCode, got)
+	}
+
+	// Another instance stores a new answer under the key.
+	newer := bytes.ReplaceAll(body, []byte(`"items"`), []byte(`"itemz"`))
+	if bytes.Equal(newer, body) {
+		t.Fatal("the test body has no \"items\"")
+	}
+	c, err := newCompressor("gzip", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := *cur
+	next.body, next.identityLen = c.compress(nil, newer), int64(len(newer))
+	if err := e.r.Client().Set(ctx, key, next.encode(), time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		resp, got := e.get(t, "/api/doc")
+		if resp.Header.Get("X-Cache") != "HIT" || got != string(newer) {
+			t.Fatalf("identity hit %d after the value changed: X-Cache %q, new body %v, old body %v", i, resp.Header.Get("X-Cache"), got == string(newer), got == string(body))
+		}
+	}
+	resp, got := e.get(t, "/api/doc", "Accept-Encoding: gzip")
+	if resp.Header.Get("Content-Encoding") != "gzip" || decodeBody(t, resp, got) != string(newer) {
+		t.Fatalf("gzip hit after the value changed: Content-Encoding %q", resp.Header.Get("Content-Encoding"))
+	}
+	if n := e.u.Calls("GET", "/api/doc"); n != 1 {
+		t.Fatalf("%d upstream calls, want 1", n)
 	}
 }

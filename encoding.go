@@ -1,6 +1,8 @@
 package rediscache
 
 import (
+	"errors"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -112,18 +114,25 @@ func (rep representation) notModified(r *http.Request, hdr http.Header) bool {
 	return len(inm) > 0 && rep.altETag != "" && etagMatches(strings.Join(inm, ", "), rep.altETag)
 }
 
-// write sends n bytes of the representation's body, from offset first.
-func (rep representation) write(w http.ResponseWriter, first, n int64) {
+// write sends n bytes of the representation's body, from offset first. It
+// returns errCodedBody when a stored coded body fails to decode.
+func (rep representation) write(w io.Writer, first, n int64) error {
 	if n <= 0 {
-		return
+		return nil
 	}
-	if rep.e.coding == codingIdentity || rep.coded {
+	switch {
+	case rep.e.coding == codingIdentity || rep.coded:
 		_, _ = w.Write(rep.e.body[first : first+n])
-		return
+		return nil
+	case rep.e.decoded != nil:
+		_, _ = w.Write(rep.e.decoded[first : first+n])
+		return nil
 	}
-	// The stored body was checked to decode whole when it was read, so
-	// an error here is the client going away.
-	_ = writeDecoded(w, rep.e.coding, rep.e.body, first, n, rep.e.identityLen)
+	err := writeDecoded(w, rep.e.coding, rep.e.body, first, n, rep.e.identityLen)
+	if errors.Is(err, errCodedBody) {
+		return err
+	}
+	return nil
 }
 
 // acceptsCoding reports whether a client with these Accept-Encoding values

@@ -68,6 +68,10 @@ type entry struct {
 	// etagOfCoded says the ETag in header is the coded form's (the
 	// upstream sent the body coded), not the identity form's.
 	etagOfCoded bool
+	// decoded is a coded body's identity bytes, on a validated copy that an
+	// identity client has asked for: later ones are sent these instead of
+	// decoding again. Never stored.
+	decoded []byte
 	// plainOf marks the identity original of a body just compressed, which
 	// the clients of a miss that do not take the coding are sent; it is
 	// never stored.

@@ -158,6 +158,12 @@ type cacheRequest struct {
 	// its body).
 	writers []*captureWriter
 	budget  *budgetHold
+
+	// copyKey and copyTail name the validated copy of the response entry
+	// read last (copyKey is "" when none is kept), so that its decoded
+	// body can join it.
+	copyKey  string
+	copyTail []byte
 }
 
 func (cr *cacheRequest) serve(w http.ResponseWriter) error {
@@ -292,6 +298,7 @@ func (cr *cacheRequest) lookupStore() (*entry, string, error) {
 func (cr *cacheRequest) readEntry(key string, gens []string) (e *entry, cur []string, present bool, err error) {
 	h := cr.h
 	copies := h.store.copies
+	cr.copyKey, cr.copyTail = "", nil
 	var held heldCopy
 	if copies != nil {
 		held, _ = copies.get(key)
@@ -302,6 +309,7 @@ func (cr *cacheRequest) readEntry(key string, gens []string) (e *entry, cur []st
 		return nil, nil, false, err
 	case unchanged:
 		h.metrics.countCopyCheck(copyUnchanged)
+		cr.copyKey, cr.copyTail = key, held.tail
 		return held.e, cur, true, nil
 	case held.e != nil:
 		outcome := copyReplaced
@@ -314,7 +322,7 @@ func (cr *cacheRequest) readEntry(key string, gens []string) (e *entry, cur []st
 	if raw == nil {
 		return nil, cur, false, nil
 	}
-	if e, err = decodeEntryChecked(raw, h.store.backend.kind() != "memory"); err != nil {
+	if e, err = decodeEntryChecked(raw, false); err != nil {
 		h.metrics.countCorrupt()
 		if c := h.logger.Check(zap.DebugLevel, "ignoring corrupt cache entry"); c != nil {
 			c.Write(zap.String("key", key), zap.Error(err))
@@ -322,7 +330,8 @@ func (cr *cacheRequest) readEntry(key string, gens []string) (e *entry, cur []st
 		return nil, cur, true, nil
 	}
 	if copies != nil {
-		copies.put(key, heldCopy{e: e, tail: entryTail(raw)}, entryMemSize(key, e), time.Time{})
+		cr.copyKey, cr.copyTail = key, entryTail(raw)
+		copies.put(key, heldCopy{e: e, tail: cr.copyTail}, entryMemSize(key, e), time.Time{})
 	}
 	return e, cur, true, nil
 }

@@ -126,7 +126,7 @@ func newEntryLRU[V any](limit int64) *boundedLRU[V] { return newBoundedLRU[V](li
 // the Go structures around the bytes cost more than the bytes themselves
 // for small responses.
 func entryMemSize(key string, e *entry) int64 {
-	size := int64(len(key)+cap(e.body)) + lruItemOverhead
+	size := int64(len(key)+cap(e.body)+cap(e.decoded)) + lruItemOverhead
 	for k, vs := range e.header {
 		size += int64(len(k)) + 64
 		for _, v := range vs {

@@ -43,7 +43,7 @@ func (cr *cacheRequest) serveRange(w http.ResponseWriter, rep representation) bo
 		hdr.Set("Content-Range", "bytes "+strconv.FormatInt(br.first, 10)+"-"+strconv.FormatInt(br.last, 10)+"/"+strconv.FormatInt(size, 10))
 		hdr.Set("Content-Length", strconv.FormatInt(br.last-br.first+1, 10))
 		w.WriteHeader(http.StatusPartialContent)
-		rep.write(w, br.first, br.last-br.first+1)
+		cr.writeBody(w, rep, br.first, br.last-br.first+1)
 	case rangeUnsatisfiable:
 		hdr.Set("Content-Range", "bytes */"+strconv.FormatInt(size, 10))
 		hdr.Set("Content-Length", "0")

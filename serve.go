@@ -1,9 +1,13 @@
 package rediscache
 
 import (
+	"context"
+	"io"
 	"net/http"
 	"strconv"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // ttlSeconds is the entry's remaining freshness for Cache-Status; it is
@@ -51,9 +55,67 @@ func (cr *cacheRequest) serveEntryAs(w http.ResponseWriter, e *entry, xcache, st
 	hdr.Set("Content-Length", strconv.FormatInt(rep.size, 10))
 	w.WriteHeader(e.status)
 	if cr.r.Method != http.MethodHead {
-		rep.write(w, 0, rep.size)
+		cr.writeBody(w, rep, 0, rep.size)
 	}
 	return nil
+}
+
+// writeBody sends n bytes of a representation's body from offset first.
+// When a whole coded body is decoded for a client that does not take the
+// coding, and the entry is a validated copy, the decoded bytes join the
+// copy, so that the next such clients are sent them as they are: decoding
+// costs more than anything else a hit does.
+func (cr *cacheRequest) writeBody(w http.ResponseWriter, rep representation, first, n int64) {
+	copies := cr.h.store.copies
+	held, keep := heldCopy{}, false
+	if !rep.coded && rep.e.coding != codingIdentity && rep.e.decoded == nil && copies != nil && cr.copyKey != "" &&
+		first == 0 && n == rep.e.identityLen {
+		held, keep = copies.get(cr.copyKey)
+		keep = keep && held.e == rep.e // the copy read, not a newer one
+	}
+	if !keep {
+		cr.abortIfCorrupt(rep.write(w, first, n))
+		return
+	}
+	// The first identity client of a held coded entry: the body is kept
+	// as it is decoded, and joins the copy once the frame has checked out.
+	tee := &teeWriter{w: w, kept: make([]byte, 0, n)}
+	err := rep.write(tee, first, n)
+	cr.abortIfCorrupt(err)
+	if int64(len(tee.kept)) == n {
+		e := *rep.e
+		e.decoded = tee.kept
+		copies.put(cr.copyKey, heldCopy{e: &e, tail: held.tail}, entryMemSize(cr.copyKey, &e), time.Time{})
+	}
+}
+
+// teeWriter keeps a copy of what it writes.
+type teeWriter struct {
+	w    io.Writer
+	kept []byte
+}
+
+func (t *teeWriter) Write(p []byte) (int, error) {
+	t.kept = append(t.kept, p...)
+	return t.w.Write(p)
+}
+
+// abortIfCorrupt handles err from representation.write. A stored coded
+// body is not decoded before it is served (its checksum held, and its
+// writer made or checked the frame), so a frame that fails anyway is found
+// only once the status line is out: the URI's entries are purged, and the
+// connection is cut so that the client sees a short body, never a
+// whole-looking wrong one.
+func (cr *cacheRequest) abortIfCorrupt(err error) {
+	if err == nil {
+		return
+	}
+	h := cr.h
+	h.metrics.countCorrupt()
+	h.logger.Error("stored coded body failed to decode while served; purging the URI's entries",
+		zap.String("key", cr.key.primary), zap.Error(err))
+	h.purgeGens(context.WithoutCancel(cr.r.Context()), "corrupt", false, cr.key.uriGen)
+	panic(http.ErrAbortHandler)
 }
 
 // copyHeaderValues copies a stored entry's fields into a response header.

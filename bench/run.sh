@@ -7,7 +7,7 @@
 # bench/results.md. Only the ratios within one run mean anything: the load
 # generator, Caddy, the origin and Redis share the machine's cores.
 #
-# Environment: BENCH_LOADER (wrk when installed, else loadgen), CONNS (default 32), WARMUP (default 1s, unmeasured, before each
+# Environment: ROWS (e.g. "proxy-unique:large miss:large memory": only those rows), BENCH_LOADER (wrk when installed, else loadgen), CONNS (default 32), WARMUP (default 1s, unmeasured, before each
 # row), ROUNDS (default 1; with N > 1 every row is measured N times, rounds
 # interleaved, and the table shows the median round), KEEP_WORK=1 keeps logs and raw JSON in the temp dir, BENCH_STOCK_CADDY=1
 # builds stock Caddy (the cache rows print n/a) to test the harness itself.
@@ -89,8 +89,12 @@ measure() {
 }
 
 # row SCENARIO BODY: start the right Caddy, check it, measure, stop it.
+# ROWS="scenario:body ..." limits a run to those rows.
 row() {
 	local scenario=$1 body=$2
+	if [[ -n ${ROWS:-} && " $ROWS " != *" $scenario:$body "* ]]; then
+		return 0
+	fi
 	CADDY_PORT=$(freeport)
 	local base="http://127.0.0.1:$CADDY_PORT"
 	local path="/api/$body" route=$body site expect=- note="" url
@@ -215,7 +219,7 @@ memory_row() {
 }
 log "Redis memory per 4 KiB JSON entry, $MEMORY_DUR of distinct URLs per setting"
 for setting in off gzip zstd; do
-	memory_row "$setting"
+	[[ -z ${ROWS:-} || " $ROWS " == *" memory "* || ${MEMORY_ONLY:-} == 1 ]] && memory_row "$setting"
 done
 if [[ ${MEMORY_ONLY:-} == 1 ]]; then
 	echo "| setting | raw body | entries | used_memory delta per entry | vs raw | MEMORY USAGE (avg of ≤200 entry keys) | vs raw |"
