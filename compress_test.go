@@ -388,20 +388,7 @@ func TestCompressOldFormatEntry(t *testing.T) {
 	e := compressEnv(t, "cmpold", "\t\tvalidated_copies off", body)
 	e.get(t, "/api/doc")
 	ctx := context.Background()
-	var key string
-	var cur *entry
-	for _, k := range e.r.Keys("cmpold*") {
-		raw, err := e.r.Client().Get(ctx, k).Bytes()
-		if err != nil {
-			continue
-		}
-		if d, err := decodeEntry(raw); err == nil && d.kind == kindResponse {
-			key, cur = k, d
-		}
-	}
-	if cur == nil || cur.coding == codingIdentity {
-		t.Fatalf("no coded entry stored (%v)", cur)
-	}
+	key, cur := storedCodedEntry(t, e.r, "cmpold", nil)
 	var plain bytes.Buffer
 	if err := writeDecoded(&plain, cur.coding, cur.body, 0, cur.identityLen, cur.identityLen); err != nil {
 		t.Fatal(err)
@@ -582,25 +569,7 @@ func TestCompressCorruptFrameNeverServedWhole(t *testing.T) {
 				{"Range: bytes=0-" + strconv.Itoa(len(body)-5), string(body[:len(body)-4])},
 			} {
 				ctx := context.Background()
-				// The miss's store write follows its answer: wait for it.
-				var key string
-				var cur *entry
-				deadline := time.Now().Add(5 * time.Second)
-				for cur == nil && time.Now().Before(deadline) {
-					for _, k := range e.r.Keys(ns + "*") {
-						raw, err := e.r.Client().Get(ctx, k).Bytes()
-						if err != nil || bytes.Equal(raw, written) {
-							continue
-						}
-						if d, err := decodeEntry(raw); err == nil && d.kind == kindResponse && d.coding != codingIdentity {
-							key, cur = k, d
-						}
-					}
-					time.Sleep(20 * time.Millisecond)
-				}
-				if cur == nil {
-					t.Fatalf("no new coded entry stored (keys %v)", e.r.Keys(ns+"*"))
-				}
+				key, cur := storedCodedEntry(t, e.r, ns, written)
 				bad := *cur
 				bad.body = corruptedFrame(t, codec, body)
 				written = bad.encode()
@@ -673,20 +642,7 @@ func TestCompressDecodedCopy(t *testing.T) {
 	e := compressEnv(t, ns, "", body)
 	ctx := context.Background()
 	e.get(t, "/api/doc", "Accept-Encoding: gzip")
-	var key string
-	var cur *entry
-	for deadline := time.Now().Add(5 * time.Second); cur == nil && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		for _, k := range e.r.Keys(ns + ":api:*") {
-			if raw, err := e.r.Client().Get(ctx, k).Bytes(); err == nil {
-				if d, err := decodeEntry(raw); err == nil && d.kind == kindResponse && d.coding == codingGzip {
-					key, cur = k, d
-				}
-			}
-		}
-	}
-	if cur == nil {
-		t.Fatalf("no gzip entry stored (keys %v)", e.r.Keys(ns+"*"))
-	}
+	key, cur := storedCodedEntry(t, e.r, ns, nil)
 	for i := range 3 {
 		resp, got := e.get(t, "/api/doc")
 		if resp.Header.Get("X-Cache") != "HIT" || got != string(body) || resp.Header.Get("Content-Encoding") != "" {
@@ -724,4 +680,29 @@ func TestCompressDecodedCopy(t *testing.T) {
 	if n := e.u.Calls("GET", "/api/doc"); n != 1 {
 		t.Fatalf("%d upstream calls, want 1", n)
 	}
+}
+
+// storedCodedEntry waits (≤ 5 s: a miss's store write follows its answer)
+// for a coded response entry under ns's keys, other than the value
+// skip, and returns its key and the entry. Staged values of store writes
+// in progress are not entries.
+func storedCodedEntry(t *testing.T, r *redisServer, ns string, skip []byte) (string, *entry) {
+	t.Helper()
+	ctx := context.Background()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		for _, k := range r.Keys(ns + ":*") {
+			if strings.Contains(k, ":_staged:") || strings.HasPrefix(k, ns+":_") {
+				continue
+			}
+			raw, err := r.Client().Get(ctx, k).Bytes()
+			if err != nil || bytes.Equal(raw, skip) {
+				continue
+			}
+			if d, err := decodeEntry(raw); err == nil && d.kind == kindResponse && d.coding != codingIdentity {
+				return k, d
+			}
+		}
+	}
+	t.Fatalf("no coded entry stored (keys %v)", r.Keys(ns+"*"))
+	return "", nil
 }
