@@ -115,7 +115,11 @@ type Handler struct {
 	// asks Redis, in the same round trip as its generation checks, whether
 	// the entry is unchanged, but reads only its last 12 bytes instead of
 	// the whole response, and decodes nothing. So it never serves anything
-	// Redis no longer holds, unlike local_cache. Used only with Redis.
+	// Redis no longer holds, unlike local_cache. A compressed entry's copy
+	// also keeps its decoded body once a client that does not take the
+	// coding has asked for it, so that such clients do not pay for
+	// decompression on every hit; that body counts against this bound too.
+	// With the embedded store, copies save the decoding of entries alike.
 	// Default: 32 MiB; -1 turns it off.
 	ValidatedCopies int64 `json:"validated_copies,omitempty"`
 

@@ -73,7 +73,7 @@ type guardedStore struct {
 	metrics *handlerMetrics
 
 	local      *localTier            // nil unless local_cache is set and Redis is used
-	copies     *boundedLRU[heldCopy] // validated copies; nil unless Redis is used
+	copies     *boundedLRU[heldCopy] // validated copies; nil when off
 	publisher  func(ctx context.Context, msg string) error
 	stopListen context.CancelFunc
 
@@ -114,7 +114,7 @@ func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetr
 	retryCtx, stopRetry := context.WithCancel(context.Background())
 	g.stopRetry = stopRetry
 	go g.retryPending(retryCtx)
-	if rs != nil && opts.copiesLimit > 0 {
+	if opts.copiesLimit > 0 {
 		g.copies = newEntryLRU[heldCopy](opts.copiesLimit)
 	}
 	if rs != nil && opts.localLimit > 0 {
