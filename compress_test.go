@@ -706,3 +706,32 @@ func storedCodedEntry(t *testing.T, r *redisServer, ns string, skip []byte) (str
 	t.Fatalf("no coded entry stored (keys %v)", r.Keys(ns+"*"))
 	return "", nil
 }
+
+// TestCompressDecodedCopyTooLarge: an upstream's gzip answer may decode to
+// far more than it stores. When the decoded body would not fit in a
+// validated copy, identity clients get it decoded each time and the copy
+// of the coded entry stays held (it is not dropped for the decoded body
+// that could not join it).
+func TestCompressDecodedCopyTooLarge(t *testing.T) {
+	body := bytes.Repeat([]byte(`{"k":"0123456789abcdef"},`), (1<<20)/25) // 1 MiB, compresses ~100x
+	coded := gzipBytes(t, body)
+	e := rfcStart(t, "cmpbig", "\t\tvalidated_copies 512KiB\n\t\troute api /api/* 5m")
+	e.u.Handle("/api/big", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Encoding", "gzip")
+		_, _ = w.Write(coded)
+	})
+	e.get(t, "/api/big", "Accept-Encoding: gzip")
+	storedCodedEntry(t, e.r, "cmpbig", nil)
+	const hits = 6
+	for i := range hits {
+		resp, got := e.get(t, "/api/big")
+		if resp.Header.Get("X-Cache") != "HIT" || got != string(body) {
+			t.Fatalf("identity hit %d: X-Cache %q, %d of %d bytes", i, resp.Header.Get("X-Cache"), len(got), len(body))
+		}
+	}
+	lines := metricLines(t, e.c, `caddy_redis_cache_validated_copy_checks_total{outcome="unchanged"}`)
+	if n := sumSamples(t, lines); n < hits-1 {
+		t.Fatalf("%v hits from the held copy of %d, want at least %d: the copy was dropped (%q)", n, hits, hits-1, lines)
+	}
+}

@@ -66,6 +66,9 @@ func (c *boundedLRU[V]) put(key string, val V, size int64, expires time.Time) {
 	c.used += size
 }
 
+// fits reports whether a value of size bytes may be held at all.
+func (c *boundedLRU[V]) fits(size int64) bool { return size <= c.maxItem }
+
 // remove drops key's value and reports whether there was one.
 func (c *boundedLRU[V]) remove(key string) bool {
 	c.mu.Lock()

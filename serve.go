@@ -71,7 +71,10 @@ func (cr *cacheRequest) writeBody(w http.ResponseWriter, rep representation, fir
 	if !rep.coded && rep.e.coding != codingIdentity && rep.e.decoded == nil && copies != nil && cr.copyKey != "" &&
 		first == 0 && n == rep.e.identityLen {
 		held, keep = copies.get(cr.copyKey)
-		keep = keep && held.e == rep.e // the copy read, not a newer one
+		// The copy read, not a newer one; and with the decoded body, not
+		// too large to be held (an upstream's coded answer may decode to
+		// far more than it stores).
+		keep = keep && held.e == rep.e && copies.fits(entryMemSize(cr.copyKey, rep.e)+n)
 	}
 	if !keep {
 		cr.abortIfCorrupt(rep.write(w, first, n))
