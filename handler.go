@@ -159,11 +159,9 @@ type cacheRequest struct {
 	writers []*captureWriter
 	budget  *budgetHold
 
-	// copyKey and copyTail name the validated copy of the response entry
-	// read last (copyKey is "" when none is kept), so that its decoded
-	// body can join it.
-	copyKey  string
-	copyTail []byte
+	// copyKey names the validated copy of the entry read last ("" when
+	// none is kept), so that its decoded body can join it.
+	copyKey string
 }
 
 func (cr *cacheRequest) serve(w http.ResponseWriter) error {
@@ -298,7 +296,7 @@ func (cr *cacheRequest) lookupStore() (*entry, string, error) {
 func (cr *cacheRequest) readEntry(key string, gens []string) (e *entry, cur []string, present bool, err error) {
 	h := cr.h
 	copies := h.store.copies
-	cr.copyKey, cr.copyTail = "", nil
+	cr.copyKey = ""
 	var held heldCopy
 	if copies != nil {
 		held, _ = copies.get(key)
@@ -309,7 +307,7 @@ func (cr *cacheRequest) readEntry(key string, gens []string) (e *entry, cur []st
 		return nil, nil, false, err
 	case unchanged:
 		h.metrics.countCopyCheck(copyUnchanged)
-		cr.copyKey, cr.copyTail = key, held.tail
+		cr.copyKey = key
 		return held.e, cur, true, nil
 	case held.e != nil:
 		outcome := copyReplaced
@@ -330,8 +328,8 @@ func (cr *cacheRequest) readEntry(key string, gens []string) (e *entry, cur []st
 		return nil, cur, true, nil
 	}
 	if copies != nil {
-		cr.copyKey, cr.copyTail = key, entryTail(raw)
-		copies.put(key, heldCopy{e: e, tail: cr.copyTail}, entryMemSize(key, e), time.Time{})
+		cr.copyKey = key
+		copies.put(key, heldCopy{e: e, tail: entryTail(raw)}, entryMemSize(key, e), time.Time{})
 	}
 	return e, cur, true, nil
 }

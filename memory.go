@@ -50,11 +50,10 @@ func (m *memoryStore) kind() string { return "memory" }
 
 func (m *memoryStore) close() error { return nil }
 
-// get ignores tail: the value is already in process. The entry is read
-// before its generations, so a purge in between is seen.
 // get returns the value at key, or reports it unchanged when its tail is
 // tail: values are never modified in place, so an equal tail (random id
-// and checksum) is the same value.
+// and checksum) is the same value. The entry is read before its
+// generations, so a purge in between is seen.
 func (m *memoryStore) get(_ context.Context, key string, gens []string, tail []byte) ([]byte, []string, bool, error) {
 	val, _ := m.items.get(key)
 	if tail != nil && val != nil && bytes.Equal(entryTail(val), tail) {

@@ -52,7 +52,7 @@ func newHandlerMetrics() *handlerMetrics {
 		}, []string{"op"}),
 		purges: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "purges_total",
-			Help: "Purges, by kind (mutation, route, tag, key, pattern, all).",
+			Help: "Purges, by kind (mutation, route, tag, key, pattern, all, method, corrupt).",
 		}, []string{"kind"}),
 		upstream: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "upstream_duration_seconds",
