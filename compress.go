@@ -247,8 +247,7 @@ func decodedLength(coding byte, body []byte, limit int64) (int64, error) {
 // byte of the span is written only once the frame has decoded without an
 // error (checksums included) to exactly whole bytes: a client never gets
 // all the bytes it was promised from a frame that turns out bad. It
-// returns errCodedBody for such a frame, and a clientWriteError when w
-// fails.
+// returns errCodedBody for such a frame, and w's error when w fails.
 func writeDecoded(w io.Writer, coding byte, body []byte, skip, n, whole int64) error {
 	r, release, err := decodedReader(coding, body)
 	if err != nil {
@@ -268,13 +267,13 @@ func writeDecoded(w io.Writer, coding byte, body []byte, skip, n, whole int64) e
 	}
 	switch {
 	case sw.err != nil:
-		return clientWriteError{sw.err}
+		return sw.err
 	case err != nil || sw.held != (n > 0) || skip+n+sw.beyond != whole:
 		return errCodedBody
 	}
 	if sw.held {
 		if _, err := w.Write([]byte{sw.last}); err != nil {
-			return clientWriteError{err}
+			return err
 		}
 	}
 	return nil
@@ -315,12 +314,6 @@ func (sw *spanWriter) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
-
-// clientWriteError is a failed write to the client: it went away.
-type clientWriteError struct{ err error }
-
-func (e clientWriteError) Error() string { return "writing to the client: " + e.err.Error() }
-func (e clientWriteError) Unwrap() error { return e.err }
 
 // parseCompress reads "compress zstd|gzip|off [<level>]".
 func parseCompress(d *caddyfile.Dispenser, h *Handler) error {

@@ -263,8 +263,9 @@ func (d *decoder) byte() byte {
 func decodeEntry(raw []byte) (*entry, error) { return decodeEntryChecked(raw, true) }
 
 // decodeEntryChecked is decodeEntry; without checkCoded, a coded body is
-// not decoded to check it, for values this process wrote itself (the
-// embedded store's).
+// not decoded to check it. Reads for serving pass false: the value's
+// checksum holds, its writer made or checked the frame, and serving checks
+// it again as it decodes (writeDecoded).
 func decodeEntryChecked(raw []byte, checkCoded bool) (*entry, error) {
 	if len(raw) < 8+entryTailLen || raw[0] != entryMagic0 || raw[1] != entryMagic1 {
 		return nil, errCorrupt

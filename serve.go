@@ -68,13 +68,15 @@ func (cr *cacheRequest) serveEntryAs(w http.ResponseWriter, e *entry, xcache, st
 func (cr *cacheRequest) writeBody(w http.ResponseWriter, rep representation, first, n int64) {
 	copies := cr.h.store.copies
 	held, keep := heldCopy{}, false
+	size := int64(0) // of the copy with its decoded body
 	if !rep.coded && rep.e.coding != codingIdentity && rep.e.decoded == nil && copies != nil && cr.copyKey != "" &&
 		first == 0 && n == rep.e.identityLen {
 		held, keep = copies.get(cr.copyKey)
 		// The copy read, not a newer one; and with the decoded body, not
 		// too large to be held (an upstream's coded answer may decode to
 		// far more than it stores).
-		keep = keep && held.e == rep.e && copies.fits(entryMemSize(cr.copyKey, rep.e)+n)
+		size = entryMemSize(cr.copyKey, rep.e) + n
+		keep = keep && held.e == rep.e && copies.fits(size)
 	}
 	if !keep {
 		cr.abortIfCorrupt(rep.write(w, first, n))
@@ -88,7 +90,7 @@ func (cr *cacheRequest) writeBody(w http.ResponseWriter, rep representation, fir
 	if int64(len(tee.kept)) == n {
 		e := *rep.e
 		e.decoded = tee.kept
-		copies.put(cr.copyKey, heldCopy{e: &e, tail: held.tail}, entryMemSize(cr.copyKey, &e), time.Time{})
+		copies.put(cr.copyKey, heldCopy{e: &e, tail: held.tail}, size, time.Time{})
 	}
 }
 
