@@ -504,3 +504,45 @@ func TestHostileInflightBudget(t *testing.T) {
 		t.Fatalf("a body within the budget was not stored: X-Cache %q", resp.Header.Get("X-Cache"))
 	}
 }
+
+// A mutation's Host is normalised as a GET's is: a POST whose Host has a
+// trailing dot (or another case) purges the entry the GET stored, for the
+// target URI and for a same-origin Location alike. On the old code the
+// mutation bumped the generation of "app.test." while the entry recorded
+// "app.test", and the purge was lost.
+func TestHostileHostMutationPurge(t *testing.T) {
+	e := hostileStart(t, false, `
+		route site /site/* 300s {
+			purge uri
+		}`)
+	e.u.Handle("/site/page", hostileEcho("max-age=300"))
+	e.u.Handle("/site/other", hostileEcho("max-age=300"))
+	port := strconv.Itoa(e.c.HTTPPort)
+	e.u.Handle("/site/form", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Location", "http://App.Test.:"+port+"/site/other")
+		w.WriteHeader(http.StatusCreated)
+	})
+	canonical := "Host: app.test:" + port
+	warm := func(path string) {
+		t.Helper()
+		e.send(t, "GET", path, canonical)
+		if resp, _ := e.send(t, "GET", path, canonical); resp.Header.Get("X-Cache") != "HIT" {
+			t.Fatalf("GET %s: X-Cache %q, want HIT before the mutation", path, resp.Header.Get("X-Cache"))
+		}
+	}
+	for _, host := range []string{"app.test.", "APP.test."} {
+		warm("/site/page")
+		warm("/site/other")
+		if resp, _ := e.send(t, "POST", "/site/page", "Host: "+host+":"+port); resp.StatusCode != http.StatusOK {
+			t.Fatalf("POST with Host %q: %d", host, resp.StatusCode)
+		}
+		if resp, _ := e.send(t, "POST", "/site/form", "Host: "+host+":"+port); resp.StatusCode != http.StatusCreated {
+			t.Fatalf("POST /site/form with Host %q: %d", host, resp.StatusCode)
+		}
+		for _, path := range []string{"/site/page", "/site/other"} {
+			if resp, _ := e.send(t, "GET", path, canonical); resp.Header.Get("X-Cache") != "MISS" {
+				t.Fatalf("GET %s after a POST with Host %q: X-Cache %q, want MISS (the purge was lost)", path, host, resp.Header.Get("X-Cache"))
+			}
+		}
+	}
+}

@@ -41,8 +41,7 @@ func (h *Handler) purgeGens(ctx context.Context, kind string, soft bool, gens ..
 // (2xx by default), so that a redirect to a login page purges no route; and
 // whatever the upstream names in the purge header.
 func (h *Handler) mutationGens(r *http.Request, rt *Route, normPath string, code int, hdr http.Header) []string {
-	scheme, host := requestScheme(r), strings.ToLower(r.Host)
-	gens := []string{h.uriGenKey(scheme, host, normPath, sortedQuery(rt.filterQuery(r.URL.RawQuery)))}
+	gens := []string{h.uriGenKey(requestScheme(r), r.Host, normPath, sortedQuery(rt.filterQuery(r.URL.RawQuery)))}
 	if !rt.purgeURI && h.purgesRoutes(code) {
 		gens = append(gens, rt.routeGen)
 		gens = append(gens, rt.invalGens...)
@@ -73,15 +72,14 @@ func (h *Handler) sameOriginGen(r *http.Request, ref string) string {
 	if err != nil {
 		return ""
 	}
-	host := strings.ToLower(r.Host)
-	if u.Host != "" && (!strings.EqualFold(u.Host, host) || u.Scheme != requestScheme(r)) {
+	if u.Host != "" && (normalizeHost(u.Host) != normalizeHost(r.Host) || u.Scheme != requestScheme(r)) {
 		return ""
 	}
 	p := u.Path
 	if p == "" {
 		p = "/"
 	}
-	return h.uriGenKey(requestScheme(r), host, p, sortedQuery(u.RawQuery))
+	return h.uriGenKey(requestScheme(r), r.Host, p, sortedQuery(u.RawQuery))
 }
 
 // purgeRequest is the JSON body of POST /redis_cache/purge.

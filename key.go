@@ -207,7 +207,13 @@ func variantKey(primary, epoch string, names []string, r *http.Request) string {
 
 // Generation keys. Route names cannot start with '_', so these never
 // collide with entry keys.
-func (h *Handler) allGenKey() string { return h.Namespace + ":_g:all" }
+func (h *Handler) allGenKey() string { return allGenKeyOf(h.Namespace) }
+
+// allGenKeyOf is the namespace-wide generation of namespace ns.
+func allGenKeyOf(ns string) string { return ns + ":_g:all" }
+
+// runKeyOf records the Redis run_id namespace ns last saw (see checkRestart).
+func runKeyOf(ns string) string { return ns + ":_g:run" }
 
 // recentPurgesKey holds the recent pattern and key purges, which guarded
 // writes check (see storeGuard). Entries never record it.
@@ -217,10 +223,14 @@ func (h *Handler) tagGenKey(tag string) string {
 	return h.Namespace + ":_g:t:" + escapeKeyPart(tag) + ":" + shortHash(tag)
 }
 
+// uriGenKey is the generation of one target URI. The host is normalised
+// here, not by the callers: a GET's key (whose request was sanitised), a
+// mutation, its Location and the PURGE method (whose requests were not)
+// must all name the same generation, or a purge is lost.
 func (h *Handler) uriGenKey(scheme, host, normPath, query string) string {
 	var kh keyHasher
 	kh.add(scheme)
-	kh.add(host)
+	kh.add(normalizeHost(host))
 	kh.add(normPath)
 	kh.add(query)
 	return h.Namespace + ":_g:u:" + kh.sum(16)

@@ -17,11 +17,10 @@ import (
 type memoryStore struct {
 	items *boundedLRU[[]byte]
 
-	mu      sync.Mutex // serializes guarded writes, bumps and locks
-	locks   map[string]memLock
-	last    int64 // last hard generation handed out, to keep them unique
-	purged  []memPurge
-	started time.Time
+	mu     sync.Mutex // serializes guarded writes, bumps and locks
+	locks  map[string]memLock
+	last   int64 // last hard generation handed out, to keep them unique
+	purged []memPurge
 }
 
 type memLock struct {

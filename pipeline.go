@@ -74,7 +74,7 @@ func (ap *autoPipeline) close() { close(ap.quit) }
 // worker: a burst of requests on a cold or busy Caddy queues here without
 // Redis being slow, and must not turn into failed lookups and requests
 // that skip the cache. A wait past queueBound is a failure all the same.
-func (ap *autoPipeline) do(ctx context.Context, queue func(context.Context, redis.Pipeliner) redis.Cmder) (redis.Cmder, error) {
+func (ap *autoPipeline) do(queue func(context.Context, redis.Pipeliner) redis.Cmder) (redis.Cmder, error) {
 	op := &pipeOp{queue: queue, done: make(chan struct{})}
 	bound := time.NewTimer(ap.queueBound())
 	defer bound.Stop()

@@ -114,7 +114,7 @@ func (s *redisStore) readTail(ctx context.Context, key string, gens []string) ([
 // trip. A key holding another type reads as changed.
 func (s *redisStore) gensAndTail(ctx context.Context, key string, gens []string) ([]string, string, error) {
 	var gensCmd *redis.SliceCmd
-	cmd, err := s.auto.do(ctx, func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
+	cmd, err := s.auto.do(func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
 		if len(gens) > 0 {
 			gensCmd = p.MGet(ctx, gens...)
 		}
@@ -185,7 +185,7 @@ func (s *redisStore) mget(ctx context.Context, key string, gens []string) ([]byt
 	keys := make([]string, 0, 1+len(gens))
 	keys = append(keys, key)
 	keys = append(keys, gens...)
-	cmd, err := s.auto.do(ctx, func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
+	cmd, err := s.auto.do(func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
 		return p.MGet(ctx, keys...)
 	})
 	if err != nil {
@@ -253,7 +253,7 @@ func (s *redisStore) set(ctx context.Context, key string, value []byte, ttl time
 	if s.auto == nil {
 		return s.client.Set(ctx, key, value, ttl).Err()
 	}
-	_, err := s.auto.do(ctx, func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
+	_, err := s.auto.do(func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
 		return p.Set(ctx, key, value, ttl)
 	})
 	return err

@@ -58,7 +58,7 @@ func (rs *redisStore) checkRestart(ctx context.Context, cn *redis.Conn) error {
 	}
 	var bumpErr error
 	rs.namespaces.Range(func(ns, ttl any) bool {
-		keys := []string{ns.(string) + ":_g:run", ns.(string) + ":_g:all"}
+		keys := []string{runKeyOf(ns.(string)), allGenKeyOf(ns.(string))}
 		if err := restartScript.Run(ctx, cn, keys, id, ttl.(time.Duration).Milliseconds()).Err(); err != nil {
 			bumpErr = err
 		}

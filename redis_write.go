@@ -179,14 +179,14 @@ const stagedTTL = 30 * time.Second
 // that before queues (only the first time: a script Redis does not know yet
 // is sent again in full, without them), and returns its integer reply.
 func (s *redisStore) runScript(ctx context.Context, script *redis.Script, before func(context.Context, redis.Pipeliner), keys []string, args ...any) (int64, error) {
-	cmd, err := s.auto.do(ctx, func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
+	cmd, err := s.auto.do(func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
 		if before != nil {
 			before(ctx, p)
 		}
 		return script.EvalSha(ctx, p, keys, args...)
 	})
 	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		cmd, err = s.auto.do(ctx, func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
+		cmd, err = s.auto.do(func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
 			if before != nil {
 				before(ctx, p)
 			}

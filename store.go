@@ -122,10 +122,7 @@ func newGuardedStore(opts storeOptions, logger *zap.Logger, metrics *handlerMetr
 		g.publisher = rs.publish
 		ctx, cancel := context.WithCancel(context.Background())
 		g.stopListen = cancel
-		go func() {
-			defer recoverAndLog(logger, "purge notices")
-			g.local.listen(ctx, rs.client)
-		}()
+		goSafe(logger, "purge notices", func() { g.local.listen(ctx, rs.client) })
 	}
 	g.breaker = newBreaker(opts.breakerFailures, opts.breakerCooldown, func(open bool, err error) {
 		metrics.setBreaker(backend.kind(), open)
