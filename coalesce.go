@@ -83,7 +83,7 @@ func (cr *cacheRequest) detach(f *flight) (done func()) {
 	ctx, cancel := context.WithCancel(context.WithoutCancel(client))
 	over := make(chan struct{})
 	stopClient := context.AfterFunc(client, func() {
-		if f == nil || f.waiters.Load() == 0 {
+		if f.waiters.Load() == 0 {
 			cancel()
 			return
 		}

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"strconv"
 	"strings"
 )
 
@@ -93,12 +92,7 @@ func formETags(etag, coding string, ofCoded bool) (coded, identity string) {
 }
 
 func varyNamesAcceptEncoding(hdr http.Header) bool {
-	for _, name := range splitList(hdr.Values("Vary")) {
-		if strings.EqualFold(name, "Accept-Encoding") {
-			return true
-		}
-	}
-	return false
+	return headerHasToken(hdr.Values("Vary"), "Accept-Encoding")
 }
 
 // notModified answers If-None-Match against the served form, accepting
@@ -240,8 +234,6 @@ func withoutAcceptEncoding(names []string) []string {
 	}
 	return out
 }
-
-func formatLength(n int64) string { return strconv.FormatInt(n, 10) }
 
 // codeForStore gives a fetched answer the coding it is stored and shared
 // in: an upstream-coded body is taken as it came, an identity body is

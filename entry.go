@@ -324,8 +324,8 @@ func decodeEntryChecked(raw []byte, checkCoded bool) (*entry, error) {
 		return nil, d.err
 	}
 	if e.coding != codingIdentity && checkCoded {
-		// A coded body is checked whole here, so that a client is never
-		// sent part of a body that then fails to decode.
+		// A coded body is checked whole here, for inspection; serving
+		// checks it as it decodes instead (writeDecoded).
 		if n, err := decodedLength(e.coding, e.body, e.identityLen); err != nil || n != e.identityLen {
 			return nil, fmt.Errorf("%w: coded body does not decode to its length", errCorrupt)
 		}

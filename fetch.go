@@ -20,7 +20,7 @@ func (cr *cacheRequest) fetchWithoutStore(w http.ResponseWriter) error {
 	f, leader := h.flights.join(flightKey)
 	if !leader {
 		if res := f.wait(cr.r.Context(), time.Duration(h.FetchTimeout)); res != nil && res.sharableWith(cr.r) {
-			return cr.serveEntryAs(w, res.entry, resultSkip, "fwd=bypass; collapsed; detail="+storeUnavailable, true)
+			return cr.serveEntryAs(w, res.entryFor(cr.r), resultSkip, "fwd=bypass; collapsed; detail="+storeUnavailable, true)
 		}
 		return h.bypass(w, cr.r, cr.next, cr.route, "bypass", storeUnavailable)
 	}
@@ -40,7 +40,7 @@ func (cr *cacheRequest) fetchWithoutStore(w http.ResponseWriter) error {
 	}
 	shared = cw.result()
 	// As in writeFetched, a client that went away is not the handler's error.
-	_ = cr.serveEntryAs(w, shared.entry, resultSkip, "fwd=bypass; fwd-status="+strconv.Itoa(shared.entry.status)+"; detail="+storeUnavailable, false)
+	_ = cr.serveEntryAs(w, shared.entryFor(cr.r), resultSkip, "fwd=bypass; fwd-status="+strconv.Itoa(shared.entry.status)+"; detail="+storeUnavailable, false)
 	return nil
 }
 
@@ -63,8 +63,9 @@ func (cr *cacheRequest) fetchDirect(w http.ResponseWriter, fwd string, share **f
 	cw := newCaptureWriter(w, cr, fwd)
 	start := time.Now()
 	err := cr.next.ServeHTTP(cw, upReq)
-	h.metrics.observeUpstream(cr.route.Name, time.Since(start))
-	cr.route.observeFetch(time.Since(start))
+	took := time.Since(start)
+	h.metrics.observeUpstream(cr.route.Name, took)
+	cr.route.observeFetch(took)
 	mode := cw.finish()
 	if mode == modePassthrough {
 		cr.countResult(resultMiss)

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"path"
+	"slices"
 	"strings"
 )
 
@@ -23,17 +24,8 @@ func (rt *Route) queryFilter() bool {
 
 // keepsParam reports whether the route keeps query parameter name.
 func (rt *Route) keepsParam(name string) bool {
-	if len(rt.KeyQuery) > 0 {
-		found := false
-		for _, k := range rt.KeyQuery {
-			if k == name {
-				found = true
-				break
-			}
-		}
-		if !found {
-			return false
-		}
+	if len(rt.KeyQuery) > 0 && !slices.Contains(rt.KeyQuery, name) {
+		return false
 	}
 	for _, glob := range rt.IgnoreQuery {
 		if ok, _ := path.Match(glob, name); ok {

@@ -32,11 +32,11 @@ type Route struct {
 	ForceTTL bool `json:"force_ttl,omitempty"`
 
 	// Key is a template of Caddy placeholders whose value is part of the
-	// cache key, e.g. "{http.request.header.X-User-Id}". When it evaluates
-	// to an empty string the request is not cached. A route with a key may
-	// cache requests that carry Authorization or Cookie, since the key is
-	// assumed to carry the identity; without a key such requests skip the
-	// cache.
+	// cache key, e.g. "{http.request.header.X-User-Id}". When one of its
+	// required placeholders is empty the request is not cached (see
+	// KeyOptional). A route whose key has a required placeholder may cache
+	// requests that carry Authorization or Cookie, since that placeholder is
+	// taken to be the identity; otherwise such requests skip the cache.
 	Key string `json:"key,omitempty"`
 
 	// KeyOptional lists placeholders of Key (with or without braces, e.g.

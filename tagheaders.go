@@ -2,6 +2,7 @@ package rediscache
 
 import (
 	"net/http"
+	"slices"
 	"strings"
 )
 
@@ -58,14 +59,7 @@ func (h *Handler) responseTags(hdr http.Header) []string {
 	var out []string
 	for _, name := range h.tagHeaders {
 		for _, tag := range splitTags(name, hdr.Values(name)) {
-			dup := false
-			for _, have := range out {
-				if have == tag {
-					dup = true
-					break
-				}
-			}
-			if !dup {
+			if !slices.Contains(out, tag) {
 				out = append(out, tag)
 			}
 		}
