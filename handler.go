@@ -22,6 +22,30 @@ const (
 // cacheStatusName is this cache's identifier in the Cache-Status field.
 const cacheStatusName = "redis_cache"
 
+// prepareKey makes a GET or HEAD request into the one the upstream gets
+// (sanitised, its query normalised, unkeyed fields stripped) and returns
+// its key, or the Cache-Status detail of why it skips the cache. The admin
+// API's inspection uses it too, so that it names the key a request would.
+func (h *Handler) prepareKey(r *http.Request, rt *Route, normPath string, canonical bool) (requestKey, string) {
+	sanitizeRequest(r)
+	if reason := h.uncacheableRequest(r, rt, canonical); reason != "" {
+		return requestKey{}, reason
+	}
+	rt.normalizeQuery(r)
+	ek := evaluatedKey{}
+	if rt.keyRepl {
+		ek = rt.evaluateKey(r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer), r.Header)
+		switch {
+		case ek.missing:
+			return requestKey{}, "empty-key"
+		case ek.ambiguous:
+			return requestKey{}, "repeated-key-field"
+		}
+	}
+	h.stripUnkeyed(r, rt)
+	return h.buildKeyFrom(r, rt, normPath, ek), ""
+}
+
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	if h.PurgeMethod != nil && r.Method == h.PurgeMethod.Method {
@@ -43,29 +67,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// the Connection and Upgrade fields that sanitation removes.
 		return h.bypass(w, r, next, rt, "bypass", "upgrade")
 	}
-	// From here on, every decision reads the request the upstream gets.
-	sanitizeRequest(r)
-	if reason := h.uncacheableRequest(r, rt, canonical); reason != "" {
-		return h.bypass(w, r, next, rt, "bypass", reason)
+	key, skip := h.prepareKey(r, rt, normPath, canonical)
+	if skip != "" {
+		return h.bypass(w, r, next, rt, "bypass", skip)
 	}
-	rt.normalizeQuery(r)
-	ek := evaluatedKey{}
-	if rt.keyRepl {
-		ek = rt.evaluateKey(r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer), r.Header)
-		switch {
-		case ek.missing:
-			return h.bypass(w, r, next, rt, "bypass", "empty-key")
-		case ek.ambiguous:
-			return h.bypass(w, r, next, rt, "bypass", "repeated-key-field")
-		}
-	}
-	h.stripUnkeyed(r, rt)
 	cr := &cacheRequest{
 		h:       h,
 		route:   rt,
 		r:       r,
 		next:    next,
-		key:     h.buildKeyFrom(r, rt, normPath, ek),
+		key:     key,
 		tagGens: h.requestTagGens(r, rt),
 		budget:  &budgetHold{budget: h.inflight},
 	}

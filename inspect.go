@@ -68,21 +68,11 @@ func (h *Handler) inspectEntry(r *http.Request) (map[string]any, error) {
 		return nil, nil
 	}
 	out := map[string]any{"namespace": h.Namespace, "route": rt.Name, "store": h.store.backend.kind()}
-	sanitizeRequest(r)
-	if reason := h.uncacheableRequest(r, rt, canonical); reason != "" {
-		out["skipped"] = reason
+	key, skip := h.prepareKey(r, rt, normPath, canonical)
+	if skip != "" {
+		out["skipped"] = skip
 		return out, nil
 	}
-	rt.normalizeQuery(r)
-	ek := evaluatedKey{}
-	if rt.keyRepl {
-		ek = rt.evaluateKey(r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer), r.Header)
-		if ek.missing || ek.ambiguous {
-			out["skipped"] = "empty-key"
-			return out, nil
-		}
-	}
-	key := h.buildKeyFrom(r, rt, normPath, ek)
 	out["key"] = key.primary
 	raw, _, _, err := h.store.get(r.Context(), key.primary, nil, nil)
 	if err != nil {
