@@ -144,7 +144,8 @@ func (cr *cacheRequest) fetch(w http.ResponseWriter, fwd string) error {
 // holder keeps its lock alive while its upstream answers, however slowly;
 // when it lets go without an entry (its answer was not storable, or it
 // died), a waiter takes the lock over. Without the store, or once the
-// client went away, the caller fetches by itself.
+// request's context ends (the client's, unless others wait on this
+// request: see detach), the caller fetches by itself.
 func (cr *cacheRequest) coalesceAcrossInstances() (release func(), e *entry) {
 	h := cr.h
 	ctx := cr.r.Context()

@@ -56,7 +56,7 @@ func (d requestDirectives) acceptsFresh(e *entry, now time.Time) bool {
 // acceptsStale reports whether the client's max-stale lets a stale e be
 // served without revalidation.
 func (d requestDirectives) acceptsStale(e *entry, now time.Time) bool {
-	if d.maxStale < 0 || e.noCache || e.mustRevalidate() || isErrorStatus(e.status) {
+	if d.maxStale < 0 || e.staleForbidden() {
 		return false
 	}
 	return e.age(now)-e.freshFor <= d.maxStale
@@ -68,8 +68,14 @@ func (d requestDirectives) acceptsStale(e *entry, now time.Time) bool {
 // §4.2.4), unless the origin forbade serving it stale or it is an error.
 func (cr *cacheRequest) staleWindow(err error) time.Duration {
 	e := cr.stale
-	if err == nil || e.noCache || e.mustRevalidate() || isErrorStatus(e.status) {
+	if err == nil || e.staleForbidden() {
 		return e.sie
 	}
 	return max(e.sie, time.Duration(cr.h.StaleIfUnreachable))
+}
+
+// staleForbidden reports whether e may never be served stale on the
+// cache's own account: the origin said so, or it is an error.
+func (e *entry) staleForbidden() bool {
+	return e.noCache || e.mustRevalidate() || isErrorStatus(e.status)
 }
